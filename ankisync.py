@@ -1,0 +1,476 @@
+"""ankisync: an HTTP API that turns a word into an Anki cloze card with audio.
+
+This file is the web process (a Bottle app served by waitress) and the command
+line for every role. The web process validates, writes a job row, enqueues it
+and answers; the Huey worker (huey_tasks.py, worker.py) does the slow work. It
+never imports anki or google.cloud, so it stays small and starts fast.
+"""
+
+import argparse
+import functools
+import getpass
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+
+import bottle
+
+import auth
+import config
+import credentials
+import db
+import jobs
+from errors import AnkisyncError, ConfigError
+
+log = logging.getLogger("ankisync")
+
+MAX_BODY = 64 * 1024
+# API name -> (required, longest accepted length)
+CARD_FIELDS = {
+    "word": (True, 200),
+    "partOfSpeech": (False, 100),
+    "guideWord": (False, 200),
+    "englishDefinition": (False, 2000),
+    "definitionTranslation": (False, 2000),
+    "cefrLevel": (False, 20),
+    "code": (False, 100),
+    "englishExample": (True, 2000),
+    "exampleTranslation": (False, 2000),
+}
+CLOZE = re.compile(r"\{\{c\d+::(?!\}\})(.+?)\}\}", re.S)
+ALLOWED_HEADERS = "content-type, x-access-token, authorization, idempotency-key"
+# Error types of a failed job -> HTTP status of a ?async=false answer
+FAILURE_STATUS = {"BadNote": 400, "TimeoutError": 504}
+
+app = bottle.Bottle()
+
+
+class ApiError(Exception):
+    """An expected refusal, answered as JSON {"message": ...} with its status."""
+
+    def __init__(self, status, message, **extra):
+        super().__init__(message)
+        self.status, self.body = status, {"message": message, **extra}
+
+
+def settings():
+    return config.current()
+
+
+def db_path():
+    return config.db_path(settings())
+
+
+@functools.lru_cache(maxsize=1)
+def _credentials(mtime_ns):
+    return credentials.load(config.credentials_path(settings()))
+
+
+def stored_credentials():
+    """The credentials file, re-read when it changes (`api-key` rotates it)."""
+    try:
+        mtime = os.stat(config.credentials_path(settings())).st_mtime_ns
+    except FileNotFoundError:
+        mtime = 0
+    return _credentials(mtime)
+
+
+# --- the error boundary and CORS, in one place --------------------------------
+
+def boundary(callback):
+    """Bottle plugin: expected errors become JSON answers, unexpected ones a logged 500."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except ApiError as error:
+            bottle.response.status = error.status
+            return error.body
+        except bottle.HTTPResponse:
+            raise
+        except Exception:
+            log.exception("%s %s failed", bottle.request.method, bottle.request.path)
+            bottle.response.status = 500
+            return {"message": "internal error: the server log has the details"}
+    return wrapper
+
+
+app.install(boundary)
+
+
+def add_cors_headers(response):
+    origin = bottle.request.headers.get("Origin")
+    allowed = settings().cors_origins
+    if "*" in allowed:
+        response.set_header("Access-Control-Allow-Origin", "*")
+    elif origin in allowed:
+        response.set_header("Access-Control-Allow-Origin", origin)
+        response.add_header("Vary", "Origin")
+
+
+@app.hook("after_request")
+def _after_request():
+    add_cors_headers(bottle.response)
+
+
+def _error_page(error):
+    """404, 405 and the like from Bottle itself: JSON, never its HTML page."""
+    bottle.response.content_type = "application/json"
+    add_cors_headers(bottle.response)
+    if error.status_code == 500:
+        return json.dumps({"message": "internal error: the server log has the details"})
+    messages = {404: f"no such route: {bottle.request.path}",
+                405: f"{bottle.request.method} is not allowed on {bottle.request.path}"}
+    return json.dumps({"message": messages.get(error.status_code, error.status_line)})
+
+
+app.default_error_handler = _error_page
+
+
+@app.route("/api/v1/<path:path>", method="OPTIONS")
+def preflight(path):
+    """CORS preflight: only for routes that exist, naming their methods."""
+    methods = []
+    for method in ("GET", "POST", "DELETE"):
+        try:
+            app.router.match({"PATH_INFO": bottle.request.path, "REQUEST_METHOD": method})
+            methods.append(method)
+        except bottle.HTTPError:
+            pass
+    if not methods:
+        raise ApiError(404, f"no such route: {bottle.request.path}")
+    bottle.response.status = 204
+    bottle.response.set_header("Access-Control-Allow-Methods", ", ".join(methods + ["OPTIONS"]))
+    bottle.response.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+    bottle.response.set_header("Access-Control-Max-Age", "600")
+    return ""
+
+
+# --- request helpers ----------------------------------------------------------
+
+def json_body():
+    """The request's JSON object, or the 413/415/400 that says what is wrong."""
+    request = bottle.request
+    if request.content_length > MAX_BODY:
+        raise ApiError(413, f"request body too large: at most {MAX_BODY} bytes")
+    if request.content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "send a JSON body with the header Content-Type: application/json")
+    raw = request.body.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"request body too large: at most {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def access_claims():
+    """The caller's access token claims, or 401."""
+    headers = bottle.request.headers
+    token = headers.get("x-access-token")
+    bearer = headers.get("Authorization", "")
+    if not token and bearer.lower().startswith("bearer "):
+        token = bearer[7:].strip()
+    try:
+        return auth.verify(stored_credentials(), token, "access")
+    except auth.TokenError as error:
+        raise ApiError(401, str(error)) from None
+
+
+def validate_card(data):
+    """The nine card fields, cleaned; 400 naming every bad field."""
+    card, problems = {}, {}
+    for name, (required, longest) in CARD_FIELDS.items():
+        value = data.get(name)
+        if value is None and not required:
+            value = ""
+        if not isinstance(value, str):
+            problems[name] = ("is required" if value is None else "must be a string")
+        elif required and not value.strip():
+            problems[name] = "must not be empty"
+        elif len(value) > longest:
+            problems[name] = f"is too long: at most {longest} characters"
+        else:
+            card[name] = value
+    if "englishExample" in card and not CLOZE.search(card["englishExample"]):
+        problems["englishExample"] = ("has no cloze: mark the hidden word like"
+                                      " He told the {{c1::extraordinary}} story.")
+    if problems:
+        listed = "; ".join(f"{name} {why}" for name, why in problems.items())
+        raise ApiError(400, f"invalid card: {listed}", errors=problems)
+    return card
+
+
+# --- routes -------------------------------------------------------------------
+
+@app.get("/")
+def index():
+    return {"status": "ok"}
+
+
+@app.post("/api/v1/login")
+def login():
+    key = json_body().get("key")
+    if not key:
+        raise ApiError(401, 'missing API key: send {"key": "<your API key>"}')
+    stored = stored_credentials()
+    if not isinstance(key, str) or not auth.check_api_key(stored, key):
+        raise ApiError(403, "wrong API key (make a new one with `python ankisync.py api-key`)")
+    bottle.response.status = 201
+    return auth.issue_pair(db_path(), stored, settings().access_token_ttl,
+                           settings().refresh_token_ttl)
+
+
+@app.post("/api/v1/refresh")
+def refresh():
+    token = json_body().get("refreshToken")
+    try:
+        pair = auth.rotate(db_path(), stored_credentials(), token if isinstance(token, str) else "",
+                           settings().access_token_ttl, settings().refresh_token_ttl)
+    except auth.TokenError as error:
+        raise ApiError(401, str(error)) from None
+    bottle.response.status = 201
+    return pair
+
+
+@app.get("/api/v1/health")
+def health():
+    access_claims()
+    path = db_path()
+    counts = jobs.counts(path)
+    pid = worker_pid()
+    last_error = db.get_state(path, "last_sync_error") or None
+    stored = stored_credentials()
+    return {
+        "status": "ok" if pid else "degraded",
+        "worker": {"alive": bool(pid), "pid": pid},
+        "queue": {status: counts.get(status, 0) for status in jobs.UNFINISHED},
+        "jobs": counts,
+        "sync": {
+            "loggedIn": "sync" in stored,
+            "endpoint": settings().sync_endpoint or config.ANKIWEB,
+            "lastSyncAt": jobs.iso(float(db.get_state(path, "last_sync_at") or 0) or None),
+            "lastOutcome": db.get_state(path, "last_sync_outcome"),
+            "lastError": last_error,
+        },
+        "tts": "google" if settings().google_api_key or stored.get("google_api_key")
+               or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") else "none",
+    }
+
+
+@app.post("/api/v1/clozeNotes")
+def add_cloze_note():
+    access_claims()
+    card = validate_card(json_body())
+    job = jobs.create(db_path(), card)
+    import huey_tasks
+    huey_tasks.enqueue(job["id"])
+    if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
+        return wait_for(job["id"])
+    bottle.response.status = 202
+    bottle.response.set_header("Location", f"/api/v1/tasks/{job['id']}")
+    return accepted(job)
+
+
+def accepted(job):
+    return {"taskId": job["id"], "status": job["status"],
+            "statusUrl": f"/api/v1/tasks/{job['id']}", "createdAt": jobs.iso(job["created_at"])}
+
+
+def wait_for(job_id):
+    """?async=false: wait for the worker to finish the job (the web process never runs it)."""
+    deadline = time.monotonic() + settings().task_timeout + 5
+    delay = 0.01
+    while True:
+        job = jobs.get(db_path(), job_id)
+        if job["status"] in ("success", "failure") or time.monotonic() > deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+    body = jobs.status_body(job)
+    if job["status"] == "success":
+        return {"status": "ok", **body["result"], "taskId": job_id, "task": body}
+    if job["status"] == "failure":
+        bottle.response.status = FAILURE_STATUS.get(body["error"]["type"], 502)
+        return {"status": "failure", "message": body["error"]["message"], "taskId": job_id,
+                "task": body}
+    bottle.response.status = 202  # still retrying: the client can poll like an async one
+    return {**accepted(job), "status": job["status"],
+            "message": "the job is not finished yet (it is being retried); poll statusUrl"}
+
+
+@app.get("/api/v1/tasks/<job_id>")
+def task_status(job_id):
+    access_claims()
+    job = jobs.get(db_path(), job_id) if jobs.is_id(job_id) else None
+    if job is None:
+        raise ApiError(404, f"no task {job_id!r}: unknown, or finished more than"
+                            f" {settings().result_ttl:g} s ago and forgotten")
+    return jobs.status_body(job)
+
+
+# --- processes ----------------------------------------------------------------
+
+def worker_pid():
+    """The worker's pid if it is running, else None (read from its pid file)."""
+    try:
+        pid = int(config.worker_pid_path(settings()).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
+def init_storage(current):
+    config.ensure_data_dir(current)
+    path = config.db_path(current)
+    jobs.init(path)
+    auth.init(path)
+    credentials.ensure_signing_secret(config.credentials_path(current))
+
+
+def serve(args):
+    import waitress
+    current = settings()
+    init_storage(current)
+    import huey_tasks  # noqa: F401  (the queue's tables exist before the first request)
+    host, port = current.listen
+    for line in config.describe(current):
+        log.info("%s", line)
+    if "api_key_sha256" not in stored_credentials():
+        log.warning("no API key yet: make one with `python ankisync.py api-key`")
+    log.info("API listening on http://%s:%s", host, port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    waitress.serve(app, host=host, port=port, threads=8, ident="ankisync",
+                   max_request_body_size=MAX_BODY * 4, _quiet=True)
+
+
+def run_worker(args):
+    current = settings()
+    init_storage(current)
+    import huey_tasks
+    for line in config.describe(current):
+        log.info("%s", line)
+    pid_path = config.worker_pid_path(current)
+    pid_path.write_text(str(os.getpid()))
+    huey_tasks.recover()
+    # One process worker: Huey enforces task timeouts only in process workers,
+    # and a single writer is what the Anki collection allows. SIGTERM lets the
+    # running job finish (bounded); SIGINT stops at once. Either way a job left
+    # unfinished is recovered at the next start.
+    consumer = huey_tasks.huey.create_consumer(
+        workers=1, worker_type="process", periodic=True, initial_delay=0.05, backoff=1.15,
+        max_delay=0.5, check_worker_health=True, health_check_interval=1,
+        graceful_signal="TERM", shutdown_timeout=30)
+    log.info("worker running (one process worker, task timeout %gs)", current.task_timeout)
+    try:
+        consumer.run()
+    finally:
+        pid_path.unlink(missing_ok=True)
+
+
+def read_password():
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def do_login(username, password):
+    """Log into the sync server, keep only the session key, sync what waits."""
+    import ankiweb
+    import huey_tasks
+    current = settings()
+    init_storage(current)
+    session = ankiweb.login(username, password, current.sync_endpoint)
+    credentials.update(config.credentials_path(current), sync={
+        "username": username, "hkey": session["hkey"], "endpoint": session["endpoint"],
+        "login_endpoint": current.sync_endpoint})
+    huey_tasks.sync_now()  # cards made before the login go up now
+    log.info("logged into %s as %s; the session key is stored, the password is not",
+             current.sync_endpoint or config.ANKIWEB, username)
+
+
+def login_command(args):
+    do_login(args.username, read_password())
+
+
+def make_api_key():
+    key = auth.new_api_key(config.credentials_path(settings()))
+    print(key, flush=True)
+    log.warning("this is your new API key; it is shown only once (only its hash is kept)."
+                " Tokens issued with an older key no longer work.")
+
+
+def api_key_command(args):
+    current = settings()
+    init_storage(current)
+    if args.if_missing and "api_key_sha256" in stored_credentials():
+        return
+    make_api_key()
+
+
+def setup_command(args):
+    current = settings()
+    init_storage(current)
+    print(f"ankisync setup (data dir {current.data_dir.resolve()})", file=sys.stderr)
+    username = input("AnkiWeb username (empty to skip): ").strip()
+    if username:
+        do_login(username, read_password())
+    key = getpass.getpass("Google text-to-speech API key (empty to keep/skip): ").strip()
+    if key:
+        credentials.update(config.credentials_path(current), google_api_key=key)
+        log.info("Google TTS key stored in %s", config.credentials_path(current))
+    if input("Make a new API key for clients? [y/N] ").strip().lower().startswith("y"):
+        make_api_key()
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="ankisync.py", description=__doc__.splitlines()[0],
+        epilog="Settings (environment or DATA_DIR/.env):\n" + config.reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API").set_defaults(run=serve)
+    commands.add_parser("worker", help="run the Huey worker").set_defaults(run=run_worker)
+    login_parser = commands.add_parser("login", help="log into AnkiWeb or the sync server")
+    login_parser.add_argument("username")
+    login_parser.set_defaults(run=login_command)
+    key_parser = commands.add_parser("api-key", help="make a new API key, print it once")
+    key_parser.add_argument("--if-missing", action="store_true",
+                            help="only when none exists yet (first start)")
+    key_parser.set_defaults(run=api_key_command)
+    commands.add_parser("setup", help="interactive setup").set_defaults(run=setup_command)
+    return parser.parse_args(argv)
+
+
+def setup_logging():
+    level = os.environ.get("ANKISYNC_LOG_LEVEL", "INFO").upper()
+    # journald stamps each line itself; elsewhere a time helps
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        settings()
+        args.run(args)
+    except (AnkisyncError, ConfigError) as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""API keys and the JWT access/refresh tokens the HTTP API hands out.
+
+The API key is long and random, so a SHA-256 of it is a safe thing to store
+(a slow hash guards guessable passwords, which this is not). Tokens are HS256
+JWTs signed with the install's own secret. Refresh tokens rotate: each can be
+used once, and a second use of one revokes its whole family, since only a thief
+replays an old refresh token.
+"""
+
+import hashlib
+import hmac
+import secrets
+import time
+
+import jwt
+
+import credentials
+import db
+
+ISSUER = "ankisync"
+LEEWAY = 30  # seconds of clock skew tolerated between client and server
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ankisync_refresh_tokens (
+    jti TEXT PRIMARY KEY,
+    family TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+)
+"""
+
+
+class TokenError(Exception):
+    """A token that must be refused; the message is safe to show."""
+
+
+def init(db_path):
+    db.connect(db_path).execute(SCHEMA)
+
+
+def _hash(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key(cred_path):
+    """Make a new API key, store its hash, void every token issued before."""
+    key = "ak_" + secrets.token_urlsafe(32)
+    data = credentials.ensure_signing_secret(cred_path)
+    credentials.update(cred_path, api_key_sha256=_hash(key),
+                       token_generation=data["token_generation"] + 1)
+    return key
+
+
+def check_api_key(stored, key):
+    """Whether key matches the stored hash, compared in constant time."""
+    expected = stored.get("api_key_sha256")
+    return bool(expected) and hmac.compare_digest(expected, _hash(key))
+
+
+def _token(stored, kind, ttl, jti, family=None):
+    now = int(time.time())
+    claims = {"iss": ISSUER, "iat": now, "exp": now + int(ttl), "type": kind,
+              "jti": jti, "gen": stored["token_generation"]}
+    if family:
+        claims["fam"] = family
+    return jwt.encode(claims, stored["jwt_secret"], algorithm="HS256")
+
+
+def issue_pair(db_path, stored, access_ttl, refresh_ttl, family=None):
+    """A new access and refresh token; the refresh token is recorded for rotation."""
+    family = family or secrets.token_hex(8)
+    refresh_jti = secrets.token_hex(16)
+    with db.write(db_path) as conn:
+        conn.execute("INSERT INTO ankisync_refresh_tokens VALUES (?, ?, ?, NULL)",
+                     (refresh_jti, family, time.time() + refresh_ttl))
+        conn.execute("DELETE FROM ankisync_refresh_tokens WHERE expires_at < ?", (time.time(),))
+    return {
+        "accessToken": _token(stored, "access", access_ttl, secrets.token_hex(16)),
+        "refreshToken": _token(stored, "refresh", refresh_ttl, refresh_jti, family),
+    }
+
+
+def verify(stored, token, kind):
+    """The token's claims, or TokenError saying why it is refused."""
+    if not token:
+        raise TokenError("missing token: send it in the x-access-token header"
+                         " or as Authorization: Bearer <token>")
+    if "jwt_secret" not in stored:
+        raise TokenError("no tokens have been issued yet: log in with the API key first")
+    try:
+        claims = jwt.decode(token, stored["jwt_secret"], algorithms=["HS256"], issuer=ISSUER,
+                            leeway=LEEWAY, options={"require": ["exp", "iat", "iss", "jti"]})
+    except jwt.ExpiredSignatureError:
+        raise TokenError(f"{kind} token expired: get a new one") from None
+    except jwt.InvalidTokenError:
+        raise TokenError(f"invalid {kind} token") from None
+    if claims.get("type") != kind:
+        raise TokenError(f"this is not an {kind} token" if kind == "access"
+                         else f"this is not a {kind} token")
+    if claims.get("gen") != stored["token_generation"]:
+        raise TokenError("token issued before the API key was changed: log in again")
+    return claims
+
+
+def rotate(db_path, stored, token, access_ttl, refresh_ttl):
+    """Swap a refresh token for a new pair; a reused one revokes its family."""
+    claims = verify(stored, token, "refresh")
+    with db.write(db_path) as conn:
+        row = conn.execute("SELECT family, used_at FROM ankisync_refresh_tokens WHERE jti = ?",
+                           (claims["jti"],)).fetchone()
+        if row is None:
+            raise TokenError("refresh token revoked or unknown: log in again")
+        if row["used_at"] is not None:
+            conn.execute("DELETE FROM ankisync_refresh_tokens WHERE family = ?", (row["family"],))
+        else:
+            conn.execute("UPDATE ankisync_refresh_tokens SET used_at = ? WHERE jti = ?",
+                         (time.time(), claims["jti"]))
+    if row["used_at"] is not None:
+        raise TokenError("refresh token already used: every token of this login is revoked,"
+                         " log in again with the API key")
+    return issue_pair(db_path, stored, access_ttl, refresh_ttl, family=row["family"])

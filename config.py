@@ -1,0 +1,173 @@
+"""Every setting ankisync reads, in one table, parsed and checked at start.
+
+Values come from the environment, then from `ANKISYNC_DATA_DIR/.env` (lines of
+`NAME=value`), then the defaults below, which suit a Raspberry Pi. A bad value
+stops the process with a message naming the variable, the value and its source.
+"""
+
+import functools
+import os
+from collections import namedtuple
+from pathlib import Path
+
+from errors import ConfigError
+
+ANKIWEB = "AnkiWeb"  # shown when no sync endpoint is set: anki's own default
+
+
+def _listen(value):
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:5000")
+    return host.strip("[]"), int(port)
+
+
+def _seconds(value):
+    number = float(value)
+    if number <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return number
+
+
+def _count(value):
+    number = int(value)
+    if number < 1:
+        raise ValueError("expected a whole number, at least 1")
+    return number
+
+
+def _url(value):
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("expected a URL starting with http:// or https://")
+    return value or None
+
+
+def _origins(value):
+    origins = [o.strip() for o in value.split(",") if o.strip()]
+    if not origins:
+        raise ValueError('expected "*" or a comma-separated list of origins')
+    return origins
+
+
+def _level(value):
+    value = value.upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+def _text(value):
+    return value or None
+
+
+# name, default, parser, help. The attribute is the name without the prefix.
+SETTINGS = [
+    ("ANKISYNC_DATA_DIR", "./data", Path, "SQLite file, collection, media, credentials"),
+    ("ANKISYNC_LISTEN", "127.0.0.1:5000", _listen, "host:port of the HTTP API"),
+    ("ANKISYNC_SYNC_ENDPOINT", "", _url, "sync server URL (empty: AnkiWeb)"),
+    ("ANKISYNC_GOOGLE_API_KEY", "", _text, "Google TTS API key (or GOOGLE_APPLICATION_CREDENTIALS)"),
+    ("ANKISYNC_GOOGLE_TTS_ENDPOINT", "", _url, "TTS API endpoint override (tests, proxies)"),
+    ("ANKISYNC_TTS_VOICE", "en-US-Wavenet-D", str, "Google voice name"),
+    ("ANKISYNC_DECK", "English Vocabulary", str, "deck that new cards go to"),
+    ("ANKISYNC_TASK_TIMEOUT", "300", _seconds, "seconds a job may run"),
+    ("ANKISYNC_RESULT_TTL", "86400", _seconds, "seconds finished jobs stay queryable"),
+    ("ANKISYNC_ACCESS_TOKEN_TTL", "3600", _seconds, "seconds an access token lasts"),
+    ("ANKISYNC_REFRESH_TOKEN_TTL", "15552000", _seconds, "seconds a refresh token lasts (180 days)"),
+    ("ANKISYNC_CORS_ORIGINS", "*", _origins, "allowed browser origins, comma-separated"),
+    ("ANKISYNC_MAX_ATTEMPTS", "10", _count, "tries of a job before it fails for good"),
+    ("ANKISYNC_RETRY_DELAY", "5", _seconds, "first retry delay; doubles each try"),
+    ("ANKISYNC_RETRY_MAX_DELAY", "600", _seconds, "longest delay between tries"),
+    ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
+]
+
+Settings = namedtuple("Settings", [name[len("ANKISYNC_"):].lower() for name, *_ in SETTINGS]
+                      + ["sources"])
+
+
+def read_env_file(path):
+    """NAME=value lines of a .env-style file; blank lines and # comments skipped."""
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}, line {number}: expected NAME=value, got {line!r}")
+        values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def load(environ=None):
+    """Settings from the environment, the data dir's .env file and the defaults."""
+    environ = os.environ if environ is None else environ
+    data_dir = Path(environ.get("ANKISYNC_DATA_DIR") or "./data")
+    env_file = data_dir / ".env"
+    file_values = read_env_file(env_file) if env_file.is_file() else {}
+    values, sources = {}, {}
+    for name, default, parse, _ in SETTINGS:
+        if name in environ:
+            raw, source = environ[name], "environment"
+        elif name in file_values:
+            raw, source = file_values[name], str(env_file)
+        else:
+            raw, source = default, "default"
+        try:
+            values[name[len("ANKISYNC_"):].lower()] = parse(raw)
+        except ValueError as error:
+            shown = "(hidden)" if "KEY" in name else repr(raw)
+            raise ConfigError(f"{name}={shown} from {source}: {error}") from None
+        sources[name] = source
+    return Settings(**values, sources=sources)
+
+
+@functools.cache
+def current():
+    """The settings of this process, loaded once."""
+    return load()
+
+
+def describe(settings):
+    """Lines for the start-up log: what was loaded, secrets left out."""
+    on_defaults = all(source == "default" for source in settings.sources.values())
+    lines = [
+        f"data dir {settings.data_dir.resolve()}",
+        f"sync endpoint {settings.sync_endpoint or ANKIWEB}",
+        f"deck {settings.deck!r}, voice {settings.tts_voice}",
+    ]
+    if on_defaults:
+        lines.append("running on default settings only (see README: Configuration)")
+    return lines
+
+
+def reference():
+    """The settings table as Markdown, for the README and --help."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{default}` | {help_} |" for name, default, _, help_ in SETTINGS]
+    return "\n".join(rows)
+
+
+# Paths inside the data dir: one place for each.
+def db_path(settings):
+    return settings.data_dir / "ankisync.db"
+
+
+def collection_path(settings):
+    return settings.data_dir / "collection.anki2"
+
+
+def media_dir(settings):
+    return settings.data_dir / "collection.media"
+
+
+def credentials_path(settings):
+    return settings.data_dir / "credentials.json"
+
+
+def worker_pid_path(settings):
+    return settings.data_dir / "worker.pid"
+
+
+def ensure_data_dir(settings):
+    """Create the data dir, readable by its owner only: it holds credentials."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,0 +1,59 @@
+"""The credentials file: every secret ankisync keeps, as JSON, mode 0600.
+
+It holds the API key's hash (never the key), the random JWT signing secret, the
+token generation (bumped when the API key changes, which voids older tokens),
+the sync session key (never the password) and, when set up that way, the
+Google TTS key. It is never pickled and never readable by other users.
+"""
+
+import json
+import os
+import secrets
+import stat
+
+from errors import ConfigError
+
+
+def load(path):
+    """The stored credentials; {} before first use. Refuses a file others can read."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return {}
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{path} can be read by other users (mode {stat.filemode(mode)}); it holds secrets."
+            f" Fix it with: chmod 600 {path}")
+    with open(path) as file:
+        return json.load(file)
+
+
+def save(path, data):
+    """Replace the file atomically, created 0600 from the start (no umask window)."""
+    temp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(data, file, indent=1)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+
+
+def update(path, **changes):
+    """Set some entries (None removes one) and return the whole."""
+    data = load(path)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    save(path, data)
+    return data
+
+
+def ensure_signing_secret(path):
+    """The install's random JWT secret, made on first use."""
+    data = load(path)
+    if "jwt_secret" not in data:
+        data = update(path, jwt_secret=secrets.token_urlsafe(48), token_generation=1)
+    return data

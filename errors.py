@@ -1,0 +1,42 @@
+"""The problems ankisync expects, each with a message a person can act on.
+
+The error boundary of each process (the web app, the worker's task) turns these
+into JSON answers or failed jobs; everything inside just raises. A job's error
+`type` is the class name.
+"""
+
+
+class AnkisyncError(Exception):
+    """An expected problem; str(error) says what to do about it."""
+
+
+class ConfigError(AnkisyncError):
+    """A setting is missing or malformed."""
+
+
+class PermanentError(AnkisyncError):
+    """Retrying will not help until a person acts."""
+
+
+class TransientError(AnkisyncError):
+    """Worth retrying later: network trouble, a server error, a busy server."""
+
+
+class BadNote(PermanentError):
+    """Anki refused the note (no cloze, empty text)."""
+
+
+class SyncAuthError(PermanentError):
+    """The sync server refused the login or the saved session."""
+
+
+class SyncUnavailable(TransientError):
+    """The sync server could not be reached or answered with a server error."""
+
+
+class TTSRefused(PermanentError):
+    """The text-to-speech service refused the request (bad key, bad voice)."""
+
+
+class TTSUnavailable(TransientError):
+    """The text-to-speech service failed or timed out."""

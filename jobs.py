@@ -1,0 +1,176 @@
+"""The job table: the source of truth for what happened to each accepted card.
+
+Huey only carries job ids; a job's fate lives here, in the same SQLite file. A
+row is written when the request is accepted (before the 202), then a few times
+by the worker. Each write is one short transaction so Huey is never starved.
+"""
+
+import json
+import time
+import uuid
+
+import db
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ankisync_jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,            -- pending, started, retrying, success, failure
+    request TEXT NOT NULL,           -- the card's fields, JSON
+    created_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL,
+    step TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,                     -- JSON, set once the note is in the collection
+    error TEXT,                      -- JSON {"type", "message"} of the last failure
+    added_at REAL,                   -- when the note went into the local collection
+    synced_at REAL                   -- when a sync that carried the note succeeded
+);
+CREATE INDEX IF NOT EXISTS ankisync_jobs_status ON ankisync_jobs (status, created_at);
+"""
+
+UNFINISHED = ("pending", "started", "retrying")
+# step name -> progress count; total is the last one
+STEPS = {"queued": 0, "speaking": 1, "adding": 2, "syncing": 3, "done": 3}
+
+
+def init(path):
+    conn = db.connect(path)
+    conn.executescript(SCHEMA)
+    conn.execute(db.STATE_SCHEMA)
+
+
+def new_id():
+    return uuid.uuid4().hex
+
+
+def is_id(text):
+    """Whether text looks like one of our job ids (anything else is a 404)."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def create(path, request):
+    """Store a new pending job, committed before the caller answers 202."""
+    job_id = new_id()
+    with db.write(path) as conn:
+        conn.execute(
+            "INSERT INTO ankisync_jobs (id, status, request, created_at) VALUES (?, 'pending', ?, ?)",
+            (job_id, json.dumps(request), time.time()),
+        )
+    return get(path, job_id)
+
+
+def get(path, job_id):
+    row = db.connect(path).execute("SELECT * FROM ankisync_jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else dict(row)
+
+
+def _update(path, job_id, sql, *args):
+    with db.write(path) as conn:
+        conn.execute(f"UPDATE ankisync_jobs SET {sql} WHERE id = ?", (*args, job_id))
+
+
+def mark_started(path, job_id):
+    _update(path, job_id, "status = 'started', attempts = attempts + 1, step = 'speaking',"
+            " started_at = coalesce(started_at, ?)", time.time())
+
+
+def set_step(path, job_id, step):
+    _update(path, job_id, "step = ?", step)
+
+
+def mark_added(path, job_id, result):
+    """The note is in the local collection; result holds its ids and clips."""
+    _update(path, job_id, "result = ?, added_at = coalesce(added_at, ?)",
+            json.dumps(result), time.time())
+
+
+def mark_retrying(path, job_id, error_type, message):
+    _update(path, job_id, "status = 'retrying', error = ?",
+            json.dumps({"type": error_type, "message": message}))
+
+
+def mark_success(path, job_id):
+    _update(path, job_id, "status = 'success', step = 'done', error = NULL, completed_at = ?",
+            time.time())
+
+
+def mark_failure(path, job_id, error_type, message):
+    _update(path, job_id, "status = 'failure', error = ?, completed_at = ?",
+            json.dumps({"type": error_type, "message": message}), time.time())
+
+
+def mark_synced(path, since):
+    """Record that every note added before `since` is now on the sync server.
+
+    A job that failed only because its sync failed is a success once its note
+    is there: the card reached AnkiWeb after all.
+    """
+    with db.write(path) as conn:
+        conn.execute(
+            "UPDATE ankisync_jobs SET synced_at = ?,"
+            " status = CASE status WHEN 'failure' THEN 'success' ELSE status END,"
+            " error = CASE status WHEN 'failure' THEN NULL ELSE error END"
+            " WHERE added_at IS NOT NULL AND added_at <= ? AND synced_at IS NULL",
+            (time.time(), since),
+        )
+
+
+def unfinished(path):
+    """Ids of jobs the worker still owes an outcome, oldest first."""
+    rows = db.connect(path).execute(
+        "SELECT id FROM ankisync_jobs WHERE status IN (?, ?, ?) ORDER BY created_at", UNFINISHED)
+    return [row[0] for row in rows]
+
+
+def added(path):
+    """Jobs whose note went into the collection, for re-applying after a download."""
+    rows = db.connect(path).execute(
+        "SELECT * FROM ankisync_jobs WHERE added_at IS NOT NULL ORDER BY added_at")
+    return [dict(row) for row in rows]
+
+
+def counts(path):
+    """Number of jobs by status."""
+    rows = db.connect(path).execute("SELECT status, count(*) FROM ankisync_jobs GROUP BY status")
+    return dict(rows.fetchall())
+
+
+def purge(path, ttl):
+    """Forget finished jobs older than ttl seconds.
+
+    A note not yet synced keeps its job: it is what re-applies the note if a
+    full download ever replaces the local collection.
+    """
+    with db.write(path) as conn:
+        cursor = conn.execute(
+            "DELETE FROM ankisync_jobs WHERE completed_at < ?"
+            " AND (status = 'failure' AND added_at IS NULL OR synced_at IS NOT NULL)",
+            (time.time() - ttl,))
+    return cursor.rowcount
+
+
+def iso(timestamp):
+    """ISO 8601 UTC, as clients expect: 2026-01-03T10:30:00Z."""
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def status_body(job):
+    """The job as the HTTP API shows it."""
+    result = json.loads(job["result"]) if job["result"] else None
+    if result is not None and job["status"] == "success":
+        result["synced"] = job["synced_at"] is not None
+        result["syncedAt"] = iso(job["synced_at"])
+    return {
+        "taskId": job["id"],
+        "status": job["status"],
+        "createdAt": iso(job["created_at"]),
+        "startedAt": iso(job["started_at"]),
+        "completedAt": iso(job["completed_at"]),
+        "progress": {"current": STEPS[job["step"]], "total": STEPS["done"], "step": job["step"]},
+        "attempts": job["attempts"],
+        "result": result if job["status"] == "success" else None,
+        "error": json.loads(job["error"]) if job["error"] else None,
+    }

@@ -1,0 +1,165 @@
+"""A local stand-in for Google's text-to-speech REST endpoint, for tests and benchmarks.
+
+It answers `POST /v1/text:synthesize` the way Google does, so the real
+`google-cloud-texttospeech` client (transport "rest", api_endpoint
+http://127.0.0.1:PORT) can be pointed at it. Tests can make it fail or be slow at
+any moment. Run it alone for benchmarks:
+
+    python tests/fake_tts.py --port 8099 --delay 0.2
+"""
+
+import argparse
+import base64
+import json
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# MPEG-1 Layer III, 32 kbit/s, 44.1 kHz, no CRC, no padding, mono: a frame is
+# 144 * 32000 / 44100 = 104 bytes. A zeroed body after the header is valid side
+# info (main_data_begin 0, no granule data), which decoders play as silence.
+FRAME_HEADER = bytes([0xFF, 0xFB, 0x10, 0xC0])
+FRAME_BYTES = 104
+SILENT_MP3 = (FRAME_HEADER + bytes(FRAME_BYTES - len(FRAME_HEADER))) * 10  # ~0.26 s
+
+# Google's canonical status names for the HTTP codes a test is likely to ask for.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class FakeTTS:
+    """A Google TTS endpoint on 127.0.0.1 served from a daemon thread."""
+
+    def __init__(self, port=0, *, delay=0.0, status=200, valid_keys=None):
+        self.status = status
+        self.delay = delay
+        self.valid_keys = valid_keys
+        self.audio = SILENT_MP3
+        self.requests = []  # {"body": dict, "key": str | None, "path": str}
+        self._lock = threading.Lock()
+        self._failures = []  # statuses the next requests answer with, in order
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._server.daemon_threads = True
+        # A client that gave up (timeout) closes its socket before a slow answer.
+        self._server.handle_error = lambda request, address: None
+        self._thread = None
+
+    @property
+    def url(self):
+        """The base URL to give the client as api_endpoint."""
+        return "http://127.0.0.1:%d" % self._server.server_address[1]
+
+    def fail_next(self, n, status):
+        """Make the next n requests fail with status, then succeed again."""
+        with self._lock:
+            self._failures.extend([status] * n)
+
+    def reset(self):
+        """Answer normally again, forgetting requests seen and failures asked for."""
+        with self._lock:
+            self.status, self.delay = 200, 0.0
+            self.requests.clear()
+            self._failures.clear()
+
+    def start(self):
+        # A short poll keeps stop() (and so each test's teardown) fast.
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _answer(self, key, body, path):
+        """Record one request and decide (status, payload) for it."""
+        with self._lock:
+            self.requests.append({"body": body, "key": key, "path": path})
+            failure = self._failures.pop(0) if self._failures else None
+        if path != "/v1/text:synthesize":
+            return 404, _error(404, "Method not found.")
+        if self.valid_keys is not None and key not in self.valid_keys:
+            # Google itself answers a bad key with 400 INVALID_ARGUMENT and reason
+            # API_KEY_INVALID; 403 is what the tests here ask for.
+            return 403, _error(403, "API key not valid. Please pass a valid API key.",
+                               reason="API_KEY_INVALID")
+        status = failure or self.status
+        if status != 200:
+            return status, _error(status, "fake failure %d" % status)
+        if not isinstance(body, dict) or not body.get("input", {}).get("text"):
+            return 400, _error(400, "Either `input.text` or `input.ssml` is required.")
+        return 200, {"audioContent": base64.b64encode(self.audio).decode("ascii")}
+
+
+def _error(code, message, reason=None):
+    error = {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}
+    if reason:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": reason, "domain": "googleapis.com"}]
+    return {"error": error}
+
+
+def _make_handler(fake):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the requests session expects
+        # Headers and body go out in separate writes; with Nagle on, the second
+        # waits for the client's delayed ACK and every answer takes 40 ms more.
+        disable_nagle_algorithm = True
+
+        def do_POST(self):
+            url = urllib.parse.urlsplit(self.path)
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                body = None
+            key = (urllib.parse.parse_qs(url.query).get("key", [None])[0]
+                   or self.headers.get("x-goog-api-key"))
+            status, payload = fake._answer(key, body, url.path)
+            if fake.delay:
+                time.sleep(fake.delay)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json; charset=UTF-8")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format, *args):
+            pass  # tests and benchmarks want quiet output
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Serve a fake Google TTS endpoint.")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free one)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--status", type=int, default=200, help="HTTP status to answer")
+    args = parser.parse_args()
+    fake = FakeTTS(args.port, delay=args.delay, status=args.status)
+    print(fake.url, flush=True)  # benchmarks read the address from the first line
+    try:
+        fake._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

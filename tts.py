@@ -1,0 +1,241 @@
+"""Spoken clips from Google Cloud Text-to-Speech, cached by content in the media folder.
+
+Worker only: `google.cloud` is imported inside functions, so that importing this
+module costs nothing, and the web process never loads the client.
+"""
+
+import hashlib
+import html
+import json
+import logging
+import os
+import pathlib
+import re
+import tempfile
+import urllib.parse
+
+import errors
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "google"
+AUDIO_FORMAT = "mp3"
+VOICES_URL = "https://cloud.google.com/text-to-speech/docs/voices"
+
+# Innermost cloze first, so a cloze nested in another's answer unwraps too.
+_CLOZE = re.compile(r"\{\{c\d+::((?:(?!\{\{|\}\}|::).)*)(?:::(?:(?!\{\{|\}\}).)*)?\}\}", re.S)
+_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
+# Tags that separate words when rendered; other tags (<b>, <span>) may sit inside one.
+_BREAK_TAG = re.compile(
+    r"</?\s*(br|p|div|li|ul|ol|dl|dt|dd|tr|td|th|table|h[1-6]|blockquote|hr|pre"
+    r"|section|article|header|footer)\b[^>]*>", re.I)
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+_LANGUAGE = re.compile(r"^([a-z]{2,3}-[A-Za-z0-9]{2,4})-")
+
+# One client per (api_key, endpoint): the worker is long-lived, and a kept client
+# keeps its HTTPS connection, sparing a TLS handshake per clip. Two threads racing
+# to build one only waste a client.
+_clients = {}
+
+
+def speakable(text: str) -> str:
+    """The words to say for a field: cloze answers kept, HTML and entities resolved."""
+    count = 1
+    while count:
+        text, count = _CLOZE.subn(r"\1", text)
+    text = _HIDDEN.sub(" ", text)
+    text = _BREAK_TAG.sub(" ", text)
+    text = _TAG.sub("", text)
+    # Unescape last, so an escaped "&lt;b&gt;" is said rather than stripped as a tag.
+    return _SPACE.sub(" ", html.unescape(text)).strip()
+
+
+def available(api_key: str | None) -> bool:
+    """True when there is something to authenticate to Google with."""
+    credentials = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    return bool(api_key) or bool(credentials and os.path.isfile(credentials))
+
+
+def clip_name(text: str, voice: str) -> str:
+    """The media file name for text in voice: a hash, so no user text reaches the disk name."""
+    # Everything that changes the audio goes into the hash, nothing else does.
+    identity = json.dumps([PROVIDER, voice, AUDIO_FORMAT, speakable(text)])
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
+    return "ankisync-%s.%s" % (digest[:24], AUDIO_FORMAT)
+
+
+def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str | None,
+                endpoint: str | None, timeout: float) -> str:
+    """Return the name of the clip for text in media_dir, synthesizing it if missing."""
+    name = clip_name(text, voice)
+    path = media_dir / name
+    # A clip on disk is the cache: a job run again reuses what its last run paid for.
+    if path.is_file() and path.stat().st_size > 0:
+        log.debug("reusing clip %s", name)
+        return name
+    words = speakable(text)
+    if not words:
+        raise errors.BadNote("there is nothing to say: the text is empty once cloze "
+                             "markers and HTML are removed")
+    audio = synthesize(words, voice=voice, api_key=api_key, endpoint=endpoint,
+                       timeout=timeout)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, audio)
+    log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
+    return name
+
+
+def _write_atomically(path, data):
+    """Write data to path so a reader (or a crash) never sees half a file."""
+    # Same directory, so os.replace is a rename on one file system.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".ankisync-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def language_code(voice: str) -> str:
+    """The BCP-47 language a Google voice speaks: en-US-Wavenet-D -> en-US."""
+    match = _LANGUAGE.match(voice)
+    if not match:
+        raise errors.TTSRefused(
+            "ANKISYNC_TTS_VOICE %r is not a Google voice name like en-US-Wavenet-D; "
+            "pick one from %s" % (voice, VOICES_URL))
+    return match.group(1)
+
+
+def synthesize(text: str, *, voice: str, api_key: str | None, endpoint: str | None,
+               timeout: float) -> bytes:
+    """MP3 audio of text spoken by voice; raises TTSRefused or TTSUnavailable."""
+    from google.cloud import texttospeech
+
+    language = language_code(voice)
+    try:
+        response = _client(api_key, endpoint).synthesize_speech(
+            input=texttospeech.SynthesisInput(text=text),
+            voice=texttospeech.VoiceSelectionParams(language_code=language, name=voice),
+            audio_config=texttospeech.AudioConfig(
+                audio_encoding=texttospeech.AudioEncoding.MP3),
+            # No retries here: a failed job is retried by the queue, with backoff.
+            retry=None,
+            timeout=timeout,
+        )
+    except Exception as e:
+        problem = _translate(e, voice=voice, api_key=api_key, endpoint=endpoint)
+        if problem is None:
+            raise
+        # The message says what matters; the client's chained internals stay out of
+        # job logs, and with them anything that could echo a credential.
+        raise problem from None
+    if not response.audio_content:
+        raise errors.TTSUnavailable("Google text-to-speech answered without audio; "
+                                    "the job will be retried")
+    return response.audio_content
+
+
+def _client(api_key, endpoint):
+    """The cached client for these settings, built on first use."""
+    client = _clients.get((api_key, endpoint))
+    if client is None:
+        client = _clients[(api_key, endpoint)] = _make_client(api_key, endpoint)
+    return client
+
+
+def _make_client(api_key, endpoint):
+    from google.cloud import texttospeech
+
+    options = {}
+    credentials = None
+    if api_key:
+        options["api_key"] = api_key
+    if endpoint:
+        # The REST transport keeps an http:// scheme given in api_endpoint, which
+        # is how tests and local proxies are reached without TLS.
+        options["api_endpoint"] = endpoint
+        if not api_key and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            # A test endpoint or an authenticating proxy: don't hunt for
+            # credentials (the hunt probes the GCE metadata server).
+            from google.auth.credentials import AnonymousCredentials
+            credentials = AnonymousCredentials()
+        if endpoint.startswith("http://") and api_key and not _is_loopback(endpoint):
+            log.warning("the Google API key is sent unencrypted to %s", endpoint)
+    log.info("Google text-to-speech client for %s (%s)", endpoint or "Google",
+             "API key" if api_key else "default credentials")
+    # REST everywhere: the path tests exercise is the path production takes, and it
+    # spares a Pi gRPC's channel threads.
+    return texttospeech.TextToSpeechClient(
+        credentials=credentials, client_options=options, transport="rest")
+
+
+def _is_loopback(endpoint):
+    host = urllib.parse.urlsplit(endpoint).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _translate(e, *, voice, api_key, endpoint):
+    """The ankisync error for a failure of the Google client, or None if unexpected."""
+    import requests
+    from google.api_core import exceptions as google_errors
+    from google.auth import exceptions as auth_errors
+
+    key_hint = ("check that ANKISYNC_GOOGLE_API_KEY (or the key given to `./run.sh "
+                "setup`) is a valid key with the Cloud Text-to-Speech API enabled"
+                if api_key else
+                "set ANKISYNC_GOOGLE_API_KEY, or check that the service account in "
+                "GOOGLE_APPLICATION_CREDENTIALS may use the Cloud Text-to-Speech API")
+    retried = "the job will be retried"
+    if isinstance(e, google_errors.GoogleAPICallError) and e.code is not None:
+        detail = "%s: %s" % (e.code, _redact(_google_message(e), api_key))
+        if 400 <= e.code < 500 and e.code != 429:
+            if e.code in (401, 403) or e.reason == "API_KEY_INVALID" or "API key" in detail:
+                hint = key_hint
+            elif e.code == 404 and endpoint:
+                hint = "check ANKISYNC_GOOGLE_TTS_ENDPOINT (%s)" % endpoint
+            else:
+                hint = ("check that ANKISYNC_TTS_VOICE (%s) is a voice listed at %s"
+                        % (voice, VOICES_URL))
+            return errors.TTSRefused(
+                "Google refused the text-to-speech request (%s): %s" % (detail, hint))
+        return errors.TTSUnavailable(
+            "Google text-to-speech is unavailable (%s); %s" % (detail, retried))
+    if isinstance(e, google_errors.GoogleAPIError):  # RetryError and the like
+        return errors.TTSUnavailable("Google text-to-speech is unavailable (%s); %s"
+                                     % (_redact(str(e), api_key), retried))
+    if isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                      requests.exceptions.InvalidSchema)):
+        return errors.TTSRefused(
+            "ANKISYNC_GOOGLE_TTS_ENDPOINT %r is not a usable URL, like "
+            "http://127.0.0.1:8099" % endpoint)
+    if isinstance(e, requests.exceptions.Timeout):
+        return errors.TTSUnavailable(
+            "Google text-to-speech did not answer in time; %s" % retried)
+    if isinstance(e, (requests.exceptions.RequestException, auth_errors.TransportError)):
+        return errors.TTSUnavailable("Google text-to-speech could not be reached (%s); %s"
+                                     % (type(e).__name__, retried))
+    if isinstance(e, auth_errors.GoogleAuthError):  # no credentials, or bad ones
+        return errors.TTSRefused(
+            "Google credentials are missing or unusable (%s): set "
+            "ANKISYNC_GOOGLE_API_KEY, or point GOOGLE_APPLICATION_CREDENTIALS at a "
+            "service account key file" % _redact(str(e), api_key))
+    return None
+
+
+def _google_message(e):
+    """Google's own words for an error, without the method and URL the client adds."""
+    message = e.message or ""
+    if message.startswith(("POST ", "GET ")) and ": " in message:
+        message = message.split(": ", 1)[1]
+    # A proxy's HTML error page can be long; the start says enough.
+    return _SPACE.sub(" ", message).strip()[:300]
+
+
+def _redact(message, api_key):
+    """Google's text with the key masked, should a server ever echo it."""
+    return message.replace(api_key, "[API key]") if api_key else message
