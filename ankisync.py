@@ -131,9 +131,8 @@ def _error_page(error):
 app.default_error_handler = _error_page
 
 
-@app.route("/api/v1/<path:path>", method="OPTIONS")
-def preflight(path):
-    """CORS preflight: only for routes that exist, naming their methods."""
+def preflight(**_):
+    """CORS preflight, answered for each API route (added below the routes)."""
     methods = []
     for method in ("GET", "POST", "DELETE"):
         try:
@@ -141,8 +140,6 @@ def preflight(path):
             methods.append(method)
         except bottle.HTTPError:
             pass
-    if not methods:
-        raise ApiError(404, f"no such route: {bottle.request.path}")
     bottle.response.status = 204
     bottle.response.set_header("Access-Control-Allow-Methods", ", ".join(methods + ["OPTIONS"]))
     bottle.response.set_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
@@ -314,6 +311,10 @@ def task_status(job_id):
         raise ApiError(404, f"no task {job_id!r}: unknown, or finished more than"
                             f" {settings().result_ttl:g} s ago and forgotten")
     return jobs.status_body(job)
+
+
+for _rule in sorted({route.rule for route in app.routes if route.rule.startswith("/api/v1/")}):
+    app.route(_rule, "OPTIONS", preflight)
 
 
 # --- processes ----------------------------------------------------------------
