@@ -182,3 +182,15 @@ def test_job_interrupted_by_a_killed_worker_is_recovered_on_restart(make_service
     service.start()
     job, _ = service.wait(task_id)
     assert job["status"] == "success", job
+
+
+def test_hung_job_ends_as_timeout_and_the_next_job_runs(make_service, fake_tts):
+    service = make_service(ANKISYNC_TASK_TIMEOUT=2)
+    fake_tts.delay = 4  # longer than the whole job may take
+    task_id = service.post_card()[1]["taskId"]
+    job, _ = service.wait(task_id)
+    assert job["status"] == "failure" and job["error"]["type"] == "TimeoutError", job
+    assert "ANKISYNC_TASK_TIMEOUT" in job["error"]["message"]
+    fake_tts.delay = 0
+    job, _ = service.wait(service.post_card(dict(CARD, word="next"))[1]["taskId"])
+    assert job["status"] == "success", job
