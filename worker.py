@@ -16,7 +16,7 @@ import db
 import jobs
 import notes
 import tts
-from errors import SyncAuthError
+from errors import BadNote, SyncAuthError
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,18 @@ def make_card(settings, job):
 
 def reapply(settings, col):
     """After a full download, add again the notes the server did not have."""
-    for job in jobs.added(config.db_path(settings)):
-        if not notes.has_note(col, job["id"]):
-            result = json.loads(job["result"])
-            add(settings, col, job["id"], json.loads(job["request"]), result.get("audio"))
-            log.info("job %s: note re-applied after full download", job["id"])
+    path = config.db_path(settings)
+    for job in jobs.added(path):
+        if notes.has_note(col, job["id"]):
+            continue
+        try:
+            add(settings, col, job["id"], json.loads(job["request"]),
+                json.loads(job["result"]).get("audio"))
+        except BadNote as error:  # e.g. the server's note type lacks our fields
+            log.warning("job %s: could not re-apply: %s", job["id"], error)
+            jobs.mark_failure(path, job["id"], "BadNote", str(error))
+            continue
+        log.info("job %s: note re-applied after full download", job["id"])
 
 
 def session(settings):

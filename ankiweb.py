@@ -1,0 +1,192 @@
+"""Logging into and syncing with AnkiWeb or a self-hosted Anki sync server."""
+
+import contextlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from anki._backend import RustBackend, Translations
+from anki.collection import Collection
+from anki.errors import (BackendError, Interrupted, InvalidInput, NetworkError, SyncError,
+                         SyncErrorKind)
+from anki.sync import SyncAuth, SyncOutput
+from anki.sync_pb2 import SyncLoginRequest
+
+import errors
+
+log = logging.getLogger(__name__)
+
+ANKIWEB = "AnkiWeb"
+
+
+def _server_name(endpoint: str | None) -> str:
+    return f"the sync server at {endpoint}" if endpoint else ANKIWEB
+
+
+def _one_line(error: Exception) -> str:
+    # anki's messages carry Unicode isolation marks and blank lines, made for dialogs
+    return " ".join(str(error).replace("\u2068", "").replace("\u2069", "").split())
+
+
+def _is_server_trouble(error: SyncError, tr: Translations) -> bool:
+    # The Python side only knows AUTH and OTHER; among OTHER, a server error
+    # (HTTP 500/502/503/504) and a conflict (another client is syncing) pass
+    # by themselves. Anki tells them apart only by their translated message.
+    return str(error) in (tr.sync_server_error(), tr.sync_conflict())
+
+
+SESSION_REFUSED = ("The sync server refused the saved session: "
+                   "run `python ankisync.py login USERNAME` again")
+
+
+@contextlib.contextmanager
+def _sync_errors(endpoint: str | None, tr: Translations,
+                 auth_message: str = SESSION_REFUSED) -> Iterator[None]:
+    """Turn anki's sync errors into ours, each saying what to do."""
+    try:
+        yield
+    except SyncError as error:
+        if error.kind == SyncErrorKind.AUTH:
+            raise errors.SyncAuthError(auth_message.format(error=_one_line(error))) from error
+        if _is_server_trouble(error, tr):
+            raise errors.SyncUnavailable(
+                f"{_server_name(endpoint)} had a problem ({_one_line(error)}); "
+                "the sync will be tried again") from error
+        raise errors.PermanentError(
+            f"{_server_name(endpoint)} refused to sync: {_one_line(error)}") from error
+    except NetworkError as error:
+        raise errors.SyncUnavailable(
+            f"could not sync with {_server_name(endpoint)}: {_one_line(error)} (check the "
+            "network, and ANKISYNC_SYNC_ENDPOINT if you use your own sync server)") from error
+    except InvalidInput as error:
+        if not endpoint:
+            raise
+        raise errors.PermanentError(
+            f"{endpoint!r} is not a usable sync server address ({_one_line(error)}): "
+            "fix ANKISYNC_SYNC_ENDPOINT") from error
+    except BackendError as error:
+        if type(error) is BackendError:
+            # a message from the server for a person (AnkiWeb's SERVER_MESSAGE)
+            raise errors.PermanentError(
+                f"{_server_name(endpoint)} refused to sync: {_one_line(error)}") from error
+        raise
+
+
+def login(username: str, password: str, endpoint: str | None) -> dict:
+    """Log in and return {"hkey", "endpoint"}; the collection is not touched.
+
+    Login needs no open collection, so it works while the worker holds it.
+    """
+    endpoint = endpoint or None
+    backend = RustBackend()
+    request = SyncLoginRequest(username=username, password=password, endpoint=endpoint)
+    refused = "the sync server refused username/password: {error}"
+    with _sync_errors(endpoint, Translations(weakref.ref(backend)), refused):
+        auth = backend.sync_login(request)
+    log.info("logged into %s as %s", _server_name(endpoint), username)
+    return {"hkey": auth.hkey, "endpoint": endpoint}
+
+
+def open_collection(path: str | os.PathLike) -> Collection:
+    """Open the collection file at path, creating it (and its folder) when missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Collection(str(path))
+
+
+def _full_sync(col: Collection, auth: SyncAuth, upload: bool) -> None:
+    col.close_for_full_sync()
+    try:
+        # server_usn=None: media is synced afterwards, by us, and waited for
+        col.full_upload_or_download(auth=auth, server_usn=None, upload=upload)
+    finally:
+        # the backend reopens the collection whatever happened; the Python side follows
+        col.reopen(after_full_sync=True)
+
+
+def _abort_media_sync(col: Collection) -> None:
+    col.abort_media_sync()
+    # the aborted run reports Interrupted once it has stopped
+    with contextlib.suppress(Interrupted):
+        while col.media_sync_status().active:
+            time.sleep(0.05)
+
+
+def _wait_for_media(col: Collection, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    # media_sync_status() raises the media sync's own error when it failed
+    while col.media_sync_status().active:
+        if time.monotonic() > deadline:
+            _abort_media_sync(col)
+            raise errors.SyncUnavailable(
+                f"the media sync did not finish within {timeout:.0f} s; "
+                "the files left go up with the next sync")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def _local_sync_marks(col: Collection) -> tuple:
+    # mod (last change) and ls (last sync) move only when a sync moved data
+    return tuple(col.db.first("select mod, ls from col"))
+
+
+def sync(col: Collection, hkey: str, endpoint: str | None,
+         reapply: Callable[[Collection], None], io_timeout: int = 30,
+         media_timeout: float = 120.0) -> dict:
+    """Sync the collection and its media; return what happened.
+
+    {"outcome": "no_changes"|"normal"|"uploaded"|"downloaded",
+     "new_endpoint": str|None, "media": "synced"}. After a full download,
+    reapply(col) re-adds what the server's copy lacks, and that goes up with
+    a second normal sync. col stays open and usable in every case.
+    io_timeout bounds each network wait; media_timeout the whole media sync
+    (files not sent by then go up next time).
+    """
+    endpoint = endpoint or None
+    auth = SyncAuth(hkey=hkey, endpoint=endpoint, io_timeout_secs=io_timeout)
+    started = time.monotonic()
+    with _sync_errors(endpoint, col.tr):
+        before = _local_sync_marks(col)
+        # sync_media=False: media is started by us once the collection is
+        # settled, so a full sync cannot abort it halfway and the wait below
+        # always waits for the right run
+        out = col.sync_collection(auth, sync_media=False)
+        new_endpoint = out.new_endpoint if out.HasField("new_endpoint") else None
+        if new_endpoint:
+            log.info("the sync server moved this account to %s", new_endpoint)
+            auth.endpoint = new_endpoint
+        if out.server_message:
+            log.warning("message from %s: %s", _server_name(endpoint), out.server_message)
+        log.debug("sync_collection: %s", SyncOutput.ChangesRequired.Name(out.required))
+        if out.required in (SyncOutput.NO_CHANGES, SyncOutput.NORMAL_SYNC):
+            # sync_collection has done the normal sync itself
+            outcome = "normal" if _local_sync_marks(col) != before else "no_changes"
+        elif out.required == SyncOutput.FULL_UPLOAD:
+            # the server's collection is empty: ours must go up, or cards never arrive
+            _full_sync(col, auth, upload=True)
+            outcome = "uploaded"
+        else:
+            # FULL_DOWNLOAD or FULL_SYNC: the server's copy wins; what it lacks
+            # of ours is re-applied below and goes up with a normal sync
+            _full_sync(col, auth, upload=False)
+            outcome = "downloaded"
+
+    if outcome == "downloaded":
+        reapply(col)
+        with _sync_errors(endpoint, col.tr):
+            again = col.sync_collection(auth, sync_media=False)
+        if again.required not in (SyncOutput.NO_CHANGES, SyncOutput.NORMAL_SYNC):
+            raise errors.PermanentError(
+                f"{_server_name(endpoint)} asked for a second full sync right after a "
+                "full download; sync Anki on another device, then retry")
+    log.info("collection sync: %s in %.2f s", outcome, time.monotonic() - started)
+
+    with _sync_errors(endpoint, col.tr):
+        # media written before a full download stays on disk and goes up here
+        col.sync_media(auth)
+        _wait_for_media(col, media_timeout)
+    log.info("sync with media done in %.2f s", time.monotonic() - started)
+    return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "synced"}

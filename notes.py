@@ -1,0 +1,141 @@
+"""The "Custom Cloze" note type, and adding a card's note to the collection once."""
+
+import hashlib
+import logging
+from pathlib import Path
+
+from anki.collection import Collection
+from anki.consts import MODEL_CLOZE
+from anki.decks import DeckId
+from anki.models import NotetypeDict
+from anki.notes import NoteFieldsCheckResult, NoteId
+from anki.utils import base91
+
+import errors
+
+log = logging.getLogger(__name__)
+
+NOTETYPE_NAME = "Custom Cloze"
+FIELDS = (
+    "Text", "Word", "TextTranslation", "EnDefinition", "DefinitionTranslation",
+    "PartOfSpeech", "CefrLevel", "Code", "GuideWord", "DefinitionAudio", "TextAudio",
+)
+REQUIRED_FIELDS = ("Text", "Word")
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "custom_cloze"
+
+# The one place the API's card keys meet the note's fields.
+CARD_KEY_FOR_FIELD = {
+    "Text": "englishExample",
+    "Word": "word",
+    "TextTranslation": "exampleTranslation",
+    "EnDefinition": "englishDefinition",
+    "DefinitionTranslation": "definitionTranslation",
+    "PartOfSpeech": "partOfSpeech",
+    "CefrLevel": "cefrLevel",
+    "Code": "code",
+    "GuideWord": "guideWord",
+}
+
+_CHECK_MESSAGES = {
+    NoteFieldsCheckResult.EMPTY:
+        "englishExample is empty: send the example sentence with the hidden word "
+        "marked like {{c1::word}}",
+    NoteFieldsCheckResult.MISSING_CLOZE:
+        "englishExample has no cloze: mark the hidden word like {{c1::word}}",
+    NoteFieldsCheckResult.NOTETYPE_NOT_CLOZE:
+        f"the note type {NOTETYPE_NAME!r} in the collection is not a cloze type: "
+        "rename it in Anki so ankisync can create its own",
+    NoteFieldsCheckResult.FIELD_NOT_CLOZE:
+        "only englishExample may hold cloze markers like {{c1::word}}: "
+        "remove them from the other fields",
+}
+
+
+def _new_notetype(col: Collection) -> NotetypeDict:
+    models = col.models
+    notetype = models.new(NOTETYPE_NAME)
+    notetype["type"] = MODEL_CLOZE
+    for name in FIELDS:
+        models.add_field(notetype, models.new_field(name))
+    # the browser's sort column shows the word rather than the sentence
+    models.set_sort_index(notetype, FIELDS.index("Word"))
+    template = models.new_template("Cloze")
+    template["qfmt"] = (TEMPLATE_DIR / "front.html").read_text(encoding="utf-8")
+    template["afmt"] = (TEMPLATE_DIR / "back.html").read_text(encoding="utf-8")
+    models.add_template(notetype, template)
+    notetype["css"] = (TEMPLATE_DIR / "style.css").read_text(encoding="utf-8")
+    added = models.add_dict(notetype)
+    log.info("created note type %r", NOTETYPE_NAME)
+    return models.get(added.id)
+
+
+def ensure_notetype(col: Collection) -> NotetypeDict:
+    """The "Custom Cloze" note type, created when the collection has none."""
+    notetype = col.models.by_name(NOTETYPE_NAME)
+    if notetype is None:
+        return _new_notetype(col)
+    present = col.models.field_names(notetype)
+    missing = [name for name in REQUIRED_FIELDS if name not in present]
+    if missing:
+        raise errors.BadNote(
+            f"the collection already has a note type named {NOTETYPE_NAME!r} without "
+            f"the field(s) {', '.join(missing)}: rename that note type in Anki, sync, "
+            "and ankisync will create its own")
+    # Adding our other fields would force a full sync on every device: the
+    # note fills only the fields this type has.
+    return notetype
+
+
+def ensure_deck(col: Collection, name: str) -> DeckId:
+    """The id of the deck called name, created when missing."""
+    return DeckId(col.decks.add_normal_deck_with_name(name).id)
+
+
+def note_guid(job_id: str) -> str:
+    """The guid of a job's note: the same job always gives the same note."""
+    digest = hashlib.sha256(f"ankisync:{job_id}".encode()).digest()
+    # 64 bits in base91, like the guids Anki makes itself
+    return base91(int.from_bytes(digest[:8], "big"))
+
+
+def _find_note(col: Collection, job_id: str) -> NoteId | None:
+    return col.db.scalar("select id from notes where guid=?", note_guid(job_id))
+
+
+def has_note(col: Collection, job_id: str) -> bool:
+    """True if the job's note is in the collection."""
+    return _find_note(col, job_id) is not None
+
+
+def _field_values(card: dict, word_clip: str | None, text_clip: str | None) -> dict[str, str]:
+    values = {field: card.get(key) or "" for field, key in CARD_KEY_FOR_FIELD.items()}
+    values["DefinitionAudio"] = f"[sound:{word_clip}]" if word_clip else ""
+    values["TextAudio"] = f"[sound:{text_clip}]" if text_clip else ""
+    return values
+
+
+def add_card(col: Collection, job_id: str, card: dict, deck: str,
+             word_clip: str | None, text_clip: str | None) -> tuple[int, list[int]]:
+    """Add the job's note unless it is there already; return (note id, card ids).
+
+    card holds the API request's keys; word_clip and text_clip are names of
+    files already in the media folder (the spoken word and sentence).
+    """
+    existing = _find_note(col, job_id)
+    if existing is not None:
+        return existing, list(col.card_ids_of_note(existing))
+    notetype = ensure_notetype(col)
+    note = col.new_note(notetype)
+    note.guid = note_guid(job_id)
+    values = _field_values(card, word_clip, text_clip)
+    for name in col.models.field_names(notetype):
+        if name in values:
+            note[name] = values[name]
+    state = note.fields_check()
+    # A duplicate sentence is allowed, as in Anki itself: the same sentence may
+    # serve two words, and a re-applied note must never be refused for it.
+    if state not in (NoteFieldsCheckResult.NORMAL, NoteFieldsCheckResult.DUPLICATE):
+        raise errors.BadNote(_CHECK_MESSAGES.get(state, f"Anki refused the note ({state})"))
+    col.add_note(note, ensure_deck(col, deck))
+    log.info("job %s: added note %s", job_id, note.id)
+    return note.id, list(note.card_ids())
