@@ -22,6 +22,10 @@ def _listen(value):
     return host.strip("[]"), int(port)
 
 
+def _optional_listen(value):
+    return _listen(value) if value else None
+
+
 def _seconds(value):
     number = float(value)
     if number <= 0:
@@ -77,6 +81,11 @@ SETTINGS = [
     ("ANKISYNC_MAX_ATTEMPTS", "10", _count, "tries of a job before it fails for good"),
     ("ANKISYNC_RETRY_DELAY", "5", _seconds, "first retry delay; doubles each try"),
     ("ANKISYNC_RETRY_MAX_DELAY", "600", _seconds, "longest delay between tries"),
+    ("ANKISYNC_ANKICONNECT_LISTEN", "127.0.0.1:8765", _optional_listen,
+     "host:port of the AnkiConnect endpoint (empty: off)"),
+    ("ANKISYNC_ANKICONNECT_KEY", "", _text, "AnkiConnect API key (required off loopback)"),
+    ("ANKISYNC_ANKICONNECT_ORIGINS", "http://localhost,chrome-extension://*,moz-extension://*",
+     _origins, "browser origins allowed to call AnkiConnect, comma-separated"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
 ]
 

@@ -89,6 +89,14 @@ def purge_finished():
         log.info("purged %s finished jobs", count)
 
 
+@huey.on_startup()
+def start_ankiconnect():
+    """Serve AnkiConnect from the worker process: the one that owns the collection."""
+    if settings.ankiconnect_listen:
+        import ankiconnect
+        ankiconnect.start(settings)
+
+
 def enqueue(job_id):
     make_card(job_id, id=job_id)
 

@@ -14,6 +14,7 @@ import db
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ankisync_jobs (
     id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL DEFAULT 'cloze', -- cloze (REST card) or ankiconnect (a note added there)
     status TEXT NOT NULL,            -- pending, started, retrying, success, failure
     request TEXT NOT NULL,           -- the card's fields, JSON
     created_at REAL NOT NULL,
@@ -58,6 +59,18 @@ def create(path, request):
             (job_id, json.dumps(request), time.time()),
         )
     return get(path, job_id)
+
+
+def create_done(path, kind, request, result):
+    """Record a note added at once (by AnkiConnect), so it is synced and re-applied like a card."""
+    job_id, now = new_id(), time.time()
+    with db.write(path) as conn:
+        conn.execute(
+            "INSERT INTO ankisync_jobs (id, kind, status, request, created_at, started_at,"
+            " completed_at, step, attempts, result, added_at)"
+            " VALUES (?, ?, 'success', ?, ?, ?, ?, 'done', 1, ?, ?)",
+            (job_id, kind, json.dumps(request), now, now, now, json.dumps(result), now))
+    return job_id
 
 
 def get(path, job_id):

@@ -7,6 +7,7 @@ only code that ever opens it.
 
 import json
 import logging
+import threading
 import time
 
 import ankiweb
@@ -21,6 +22,9 @@ from errors import BadNote, SyncAuthError
 log = logging.getLogger(__name__)
 
 _collection = None
+# Held by whoever uses the collection: the job running in the main thread, or
+# the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
+lock = threading.RLock()
 
 
 def collection(settings):
@@ -85,7 +89,8 @@ def make_card(settings, job):
     log.info("job %s: speech %s in %.2fs", job["id"], "made" if audio else "skipped",
              time.monotonic() - started)
     jobs.set_step(path, job["id"], "adding")
-    result = add(settings, collection(settings), job["id"], card, audio)
+    with lock:
+        result = add(settings, collection(settings), job["id"], card, audio)
     log.info("job %s: note %s added", job["id"], result["noteId"])
     jobs.set_step(path, job["id"], "syncing")
     if not sync(settings):
@@ -100,8 +105,12 @@ def reapply(settings, col):
         if notes.has_note(col, job["id"]):
             continue
         try:
-            add(settings, col, job["id"], json.loads(job["request"]),
-                json.loads(job["result"]).get("audio"))
+            if job["kind"] == "ankiconnect":
+                import ankiconnect
+                ankiconnect.readd(col, job)
+            else:
+                add(settings, col, job["id"], json.loads(job["request"]),
+                    json.loads(job["result"]).get("audio"))
         except BadNote as error:  # e.g. the server's note type lacks our fields
             log.warning("job %s: could not re-apply: %s", job["id"], error)
             jobs.mark_failure(path, job["id"], "BadNote", str(error))
@@ -128,9 +137,10 @@ def sync(settings):
         return False
     began = time.time()
     try:
-        outcome = ankiweb.sync(collection(settings), stored["hkey"], stored["endpoint"],
-                               reapply=lambda col: reapply(settings, col),
-                               io_timeout=_call_timeout(settings))
+        with lock:
+            outcome = ankiweb.sync(collection(settings), stored["hkey"], stored["endpoint"],
+                                   reapply=lambda col: reapply(settings, col),
+                                   io_timeout=_call_timeout(settings))
     except Exception as error:
         db.set_state(path, last_sync_error=f"{type(error).__name__}: {error}",
                      last_sync_error_at=str(time.time()))
