@@ -61,9 +61,12 @@ def create(path, request):
     return get(path, job_id)
 
 
-def create_done(path, kind, request, result):
-    """Record a note added at once (by AnkiConnect), so it is synced and re-applied like a card."""
-    job_id, now = new_id(), time.time()
+def create_done(path, kind, request, result, job_id=None):
+    """Record a note added at once (by AnkiConnect), so it is synced and re-applied like a card.
+
+    job_id, when given, is the id the note's guid was derived from.
+    """
+    job_id, now = job_id or new_id(), time.time()
     with db.write(path) as conn:
         conn.execute(
             "INSERT INTO ankisync_jobs (id, kind, status, request, created_at, started_at,"
