@@ -9,9 +9,10 @@ job's fate is written to the job table. Huey's own results are not stored.
 """
 
 import logging
+import sys
 
 from huey import SqliteHuey, crontab
-from huey.exceptions import RetryTask, TaskTimeout
+from huey.exceptions import TaskTimeout
 
 import config
 import jobs
@@ -31,44 +32,56 @@ def retry_delay(attempts):
     return min(settings.retry_delay * 2 ** (attempts - 1), settings.retry_max_delay)
 
 
+# Jobs made in one task: their clips are spoken in parallel and their notes go
+# up in one sync. Small enough to finish well within the task timeout.
+BATCH = 20
+TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); retry it, or raise"
+                   " the timeout if the sync server or text-to-speech is slow")
+
+
 @huey.task(timeout=settings.task_timeout)
 def make_card(job_id):
-    """Speak, add the note, sync: one card job, with the worker's error boundary."""
-    job = jobs.get(DB, job_id)
-    if job is None or job["status"] not in jobs.UNFINISHED:
-        log.info("job %s: nothing to do (%s)", job_id, job and job["status"] or "gone")
+    """Make the job's card, and those of other waiting jobs with it."""
+    batch = jobs.claim(DB, job_id, BATCH)
+    if not batch:
+        log.debug("job %s: nothing to do (cancelled, finished or not due)", job_id)
         return
-    jobs.mark_started(DB, job_id)
-    attempts = job["attempts"] + 1
+    attempts = {job["id"]: job["attempts"] for job in batch}  # this run included
+    settled = set()
     try:
         import worker
-        worker.make_card(settings, job)
+        for job_id, error in worker.make_cards(settings, batch).items():
+            settle(job_id, error, attempts[job_id])
+            settled.add(job_id)
     except TaskTimeout:
-        log.warning("job %s: timed out after %ss", job_id, settings.task_timeout)
-        jobs.mark_failure(DB, job_id, "TimeoutError",
-                          f"the job took longer than {settings.task_timeout:g} s"
-                          " (ANKISYNC_TASK_TIMEOUT); retry it, or raise the timeout"
-                          " if the sync server or text-to-speech is slow")
-    except TransientError as error:
-        if attempts >= settings.max_attempts:
-            log.warning("job %s: giving up after %s attempts: %s", job_id, attempts, error)
-            jobs.mark_failure(DB, job_id, type(error).__name__,
-                              f"{error} (gave up after {attempts} attempts)")
-            return
-        delay = retry_delay(attempts)
-        log.info("job %s: attempt %s failed, retrying in %gs: %s", job_id, attempts, delay, error)
-        jobs.mark_retrying(DB, job_id, type(error).__name__, str(error))
-        raise RetryTask(delay=delay) from None
-    except PermanentError as error:
-        log.warning("job %s: failed: %s", job_id, error)
-        jobs.mark_failure(DB, job_id, type(error).__name__, str(error))
-    except Exception:
-        log.exception("job %s: unexpected error", job_id)
-        jobs.mark_failure(DB, job_id, "InternalError",
-                          "the worker hit an unexpected error; its log has the details")
-    else:
+        for job in batch:
+            if job["id"] not in settled:
+                log.warning("job %s: timed out after %ss", job["id"], settings.task_timeout)
+                jobs.mark_failure(DB, job["id"], "TimeoutError",
+                                  TIMEOUT_MESSAGE.format(settings.task_timeout))
+
+
+def settle(job_id, error, attempts):
+    """The one place a run's outcome becomes the job's status: done, retry, or failed."""
+    if error is None:
         jobs.mark_success(DB, job_id)
         log.info("job %s: done", job_id)
+    elif isinstance(error, TransientError) and attempts < settings.max_attempts:
+        delay = retry_delay(attempts)
+        log.info("job %s: attempt %s failed, retrying in %gs: %s", job_id, attempts, delay, error)
+        jobs.mark_retrying(DB, job_id, type(error).__name__, str(error), delay)
+        make_card.schedule((job_id,), delay=delay, id=job_id)
+    elif isinstance(error, TransientError):
+        log.warning("job %s: giving up after %s attempts: %s", job_id, attempts, error)
+        jobs.mark_failure(DB, job_id, type(error).__name__,
+                          f"{error} (gave up after {attempts} attempts)")
+    elif isinstance(error, PermanentError):
+        log.warning("job %s: failed: %s", job_id, error)
+        jobs.mark_failure(DB, job_id, type(error).__name__, str(error))
+    else:
+        log.error("job %s: unexpected error", job_id, exc_info=error)
+        jobs.mark_failure(DB, job_id, "InternalError",
+                          "the worker hit an unexpected error; its log has the details")
 
 
 @huey.task(timeout=settings.task_timeout)
@@ -90,6 +103,12 @@ def purge_finished():
 
 
 @huey.on_startup()
+def recover_at_start():
+    """A new worker (first start, or replacing one that died) first recovers lost jobs."""
+    recover()
+
+
+@huey.on_startup()
 def start_ankiconnect():
     """Serve AnkiConnect from the worker process: the one that owns the collection."""
     if settings.ankiconnect_listen:
@@ -97,19 +116,35 @@ def start_ankiconnect():
         ankiconnect.start(settings)
 
 
+@huey.on_shutdown()
+def close_collection():
+    """A worker stopping cleanly closes the collection it holds."""
+    worker = sys.modules.get("worker")
+    if worker is not None:
+        worker.close()
+
+
 def enqueue(job_id):
     make_card(job_id, id=job_id)
 
 
-def recover():
+@huey.periodic_task(crontab(minute="*"))
+def recover_lost():
+    """Every minute, the recovery of worker start (a job can be lost at any time)."""
+    # With one worker, nothing else runs while this does. Jobs younger than a
+    # few seconds are left alone: the web process may be enqueueing them now.
+    recover(older_than=10)
+
+
+def recover(older_than=0):
     """Enqueue again every unfinished job that Huey no longer holds.
 
     Huey deletes a task when it starts it, so a worker killed mid-job loses
-    it; the job table still says the job is owed. Called at worker start,
-    when nothing is running.
+    it, and a web process killed between its two writes never enqueues one;
+    the job table still says the job is owed. Run when no job is running.
     """
     held = {task.id for task in huey.pending()} | {task.id for task in huey.scheduled()}
-    lost = [job_id for job_id in jobs.unfinished(DB) if job_id not in held]
+    lost = [job_id for job_id in jobs.unfinished(DB, older_than) if job_id not in held]
     for job_id in lost:
         enqueue(job_id)
     if lost:

@@ -5,6 +5,7 @@ row is written when the request is accepted (before the 202), then a few times
 by the worker. Each write is one short transaction so Huey is never starved.
 """
 
+import hashlib
 import json
 import time
 import uuid
@@ -25,12 +26,18 @@ CREATE TABLE IF NOT EXISTS ankisync_jobs (
     result TEXT,                     -- JSON, set once the note is in the collection
     error TEXT,                      -- JSON {"type", "message"} of the last failure
     added_at REAL,                   -- when the note went into the local collection
-    synced_at REAL                   -- when a sync that carried the note succeeded
+    synced_at REAL,                  -- when a sync that carried the note succeeded
+    retry_at REAL,                   -- a retrying job runs again from then
+    idempotency_key TEXT,            -- the client's Idempotency-Key header
+    request_hash TEXT                -- what that key was first sent with
 );
 CREATE INDEX IF NOT EXISTS ankisync_jobs_status ON ankisync_jobs (status, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS ankisync_jobs_idempotency
+    ON ankisync_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 """
 
 UNFINISHED = ("pending", "started", "retrying")
+STATUSES = UNFINISHED + ("success", "failure")
 # step name -> progress count; total is the last one
 STEPS = {"queued": 0, "speaking": 1, "adding": 2, "syncing": 3, "done": 3}
 
@@ -50,15 +57,33 @@ def is_id(text):
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
-def create(path, request):
-    """Store a new pending job, committed before the caller answers 202."""
+class KeyReused(Exception):
+    """An Idempotency-Key already used with another request body."""
+
+
+def create(path, request, idempotency_key=None):
+    """Store a new pending job, committed before the caller answers 202.
+
+    Returns (job, created). With an idempotency key seen before, the job it
+    made is returned instead (created False), unless the body differs.
+    """
+    body = json.dumps(request, sort_keys=True)
+    digest = hashlib.sha256(body.encode()).hexdigest() if idempotency_key else None
     job_id = new_id()
     with db.write(path) as conn:
+        if idempotency_key:
+            row = conn.execute("SELECT * FROM ankisync_jobs WHERE idempotency_key = ?",
+                               (idempotency_key,)).fetchone()
+            if row is not None:
+                if row["request_hash"] != digest:
+                    raise KeyReused(row["id"])
+                return dict(row), False
         conn.execute(
-            "INSERT INTO ankisync_jobs (id, status, request, created_at) VALUES (?, 'pending', ?, ?)",
-            (job_id, json.dumps(request), time.time()),
-        )
-    return get(path, job_id)
+            "INSERT INTO ankisync_jobs (id, status, request, created_at, idempotency_key,"
+            " request_hash) VALUES (?, 'pending', ?, ?, ?, ?)",
+            (job_id, body, time.time(), idempotency_key, digest))
+        row = conn.execute("SELECT * FROM ankisync_jobs WHERE id = ?", (job_id,)).fetchone()
+    return dict(row), True
 
 
 def create_done(path, kind, request, result, job_id=None):
@@ -86,13 +111,72 @@ def _update(path, job_id, sql, *args):
         conn.execute(f"UPDATE ankisync_jobs SET {sql} WHERE id = ?", (*args, job_id))
 
 
-def mark_started(path, job_id):
-    _update(path, job_id, "status = 'started', attempts = attempts + 1, step = 'speaking',"
-            " started_at = coalesce(started_at, ?)", time.time())
+def _update_if(path, job_id, statuses, sql, *args):
+    """Update the job only while its status is one of statuses; whether it was."""
+    marks = ", ".join("?" * len(statuses))
+    with db.write(path) as conn:
+        cursor = conn.execute(f"UPDATE ankisync_jobs SET {sql} WHERE id = ? AND status IN ({marks})",
+                              (*args, job_id, *statuses))
+    return cursor.rowcount == 1
 
 
-def set_step(path, job_id, step):
-    _update(path, job_id, "step = ?", step)
+def claim(path, job_id, limit):
+    """Start the job and up to limit - 1 other pending ones (oldest first), as one batch.
+
+    The job itself may be pending, started (its run was lost) or retrying and
+    due; the others must be pending. Returns the started jobs, the given one
+    first; empty when it was cancelled, finished or not yet due.
+    """
+    now = time.time()
+    start = ("UPDATE ankisync_jobs SET status = 'started', attempts = attempts + 1,"
+             " step = 'speaking', started_at = coalesce(started_at, ?) WHERE id = ? AND ")
+    with db.write(path) as conn:
+        if not conn.execute(start + "(status IN ('pending', 'started')"
+                            " OR status = 'retrying' AND retry_at <= ?)",
+                            (now, job_id, now + 0.5)).rowcount:  # Huey's clock may be a bit ahead
+            return []
+        others = conn.execute("SELECT id FROM ankisync_jobs WHERE status = 'pending'"
+                              " ORDER BY created_at LIMIT ?", (limit - 1,)).fetchall()
+        ids = [job_id] + [row[0] for row in others]
+        conn.executemany(start + "status = 'pending'", [(now, other) for other in ids[1:]])
+        rows = {row["id"]: dict(row) for row in conn.execute(
+            f"SELECT * FROM ankisync_jobs WHERE id IN ({', '.join('?' * len(ids))})", ids)}
+    return [rows[i] for i in ids]
+
+
+def cancel(path, job_id):
+    """Cancel a job that has not started; False if it has."""
+    return _update_if(path, job_id, ("pending", "retrying"),
+                      "status = 'failure', error = ?, completed_at = ?",
+                      json.dumps({"type": "Cancelled", "message": "cancelled by a client;"
+                                  " POST /api/v1/tasks/<id>/retry runs it again"}), time.time())
+
+
+def reopen(path, job_id):
+    """Make a failed job pending again, for a person's retry; False if it had not failed."""
+    return _update_if(path, job_id, ("failure",),
+                      "status = 'pending', step = 'queued', attempts = 0, error = NULL,"
+                      " completed_at = NULL")
+
+
+def recent(path, status=None, limit=20, before=None):
+    """Jobs newest first, optionally of one status, older than the job `before`."""
+    sql, args = "SELECT * FROM ankisync_jobs WHERE 1", []
+    if status:
+        sql += " AND status = ?"
+        args.append(status)
+    if before:
+        sql += " AND (created_at, id) < (SELECT created_at, id FROM ankisync_jobs WHERE id = ?)"
+        args.append(before)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+    rows = db.connect(path).execute(sql, (*args, limit)).fetchall()
+    return [dict(row) for row in rows]
+
+
+def set_step(path, job_ids, step):
+    with db.write(path) as conn:
+        conn.executemany("UPDATE ankisync_jobs SET step = ? WHERE id = ?",
+                         [(step, job_id) for job_id in job_ids])
 
 
 def mark_added(path, job_id, result):
@@ -101,9 +185,9 @@ def mark_added(path, job_id, result):
             json.dumps(result), time.time())
 
 
-def mark_retrying(path, job_id, error_type, message):
-    _update(path, job_id, "status = 'retrying', error = ?",
-            json.dumps({"type": error_type, "message": message}))
+def mark_retrying(path, job_id, error_type, message, delay):
+    _update(path, job_id, "status = 'retrying', error = ?, retry_at = ?",
+            json.dumps({"type": error_type, "message": message}), time.time() + delay)
 
 
 def mark_success(path, job_id):
@@ -132,10 +216,11 @@ def mark_synced(path, since):
         )
 
 
-def unfinished(path):
+def unfinished(path, older_than=0):
     """Ids of jobs the worker still owes an outcome, oldest first."""
     rows = db.connect(path).execute(
-        "SELECT id FROM ankisync_jobs WHERE status IN (?, ?, ?) ORDER BY created_at", UNFINISHED)
+        "SELECT id FROM ankisync_jobs WHERE status IN (?, ?, ?) AND created_at <= ?"
+        " ORDER BY created_at", (*UNFINISHED, time.time() - older_than))
     return [row[0] for row in rows]
 
 

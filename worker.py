@@ -9,6 +9,9 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+from huey.exceptions import TaskTimeout
 
 import ankiweb
 import config
@@ -21,6 +24,7 @@ from errors import BadNote, SyncAuthError
 
 log = logging.getLogger(__name__)
 
+TTS_IN_FLIGHT = 4  # text-to-speech requests at once: fast, yet gentle on the quota
 _collection = None
 # Held by whoever uses the collection: the job running in the main thread, or
 # the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
@@ -54,16 +58,36 @@ def google_key(settings):
     return settings.google_api_key or stored.get("google_api_key")
 
 
-def speak(settings, card):
-    """The two clips (word, example sentence), or None when no TTS is set up."""
+_speakers = None
+
+
+def speak_all(settings, cards):
+    """Clips for many cards at once, a few requests in flight: {job id: clips or error}.
+
+    A card's clips are {"word": name, "text": name}, or None when no TTS is set
+    up. The same text is requested once, however many cards hold it.
+    """
+    global _speakers
     key = google_key(settings)
     if not tts.available(key):
-        return None
+        return {job_id: None for job_id in cards}
     options = dict(voice=settings.tts_voice, api_key=key,
                    endpoint=settings.google_tts_endpoint, timeout=_call_timeout(settings))
     media = config.media_dir(settings)
-    return {"word": tts.ensure_clip(media, card["word"], **options),
-            "text": tts.ensure_clip(media, card["englishExample"], **options)}
+    if _speakers is None:
+        _speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
+    texts = {text for card in cards.values() for text in (card["word"], card["englishExample"])}
+    futures = {text: _speakers.submit(tts.ensure_clip, media, text, **options) for text in texts}
+    clips = {}
+    for job_id, card in cards.items():
+        try:
+            clips[job_id] = {"word": futures[card["word"]].result(),
+                             "text": futures[card["englishExample"]].result()}
+        except TaskTimeout:
+            raise
+        except Exception as error:  # this card's outcome; the others go on
+            clips[job_id] = error
+    return clips
 
 
 def add(settings, col, job_id, card, audio):
@@ -80,22 +104,44 @@ def add(settings, col, job_id, card, audio):
     return result
 
 
-def make_card(settings, job):
-    """Run one card job to the end; errors say whether to retry."""
+def make_cards(settings, batch):
+    """Speak, add and sync a batch of card jobs; {job id: None if done, else the error}.
+
+    One job's failure is its own: the others still get their notes, and all
+    notes added go up in a single sync.
+    """
     path = config.db_path(settings)
-    card = json.loads(job["request"])
+    cards = {job["id"]: json.loads(job["request"]) for job in batch}
     started = time.monotonic()
-    audio = speak(settings, card)  # clips are cached: a re-run does not speak again
-    log.info("job %s: speech %s in %.2fs", job["id"], "made" if audio else "skipped",
-             time.monotonic() - started)
-    jobs.set_step(path, job["id"], "adding")
+    outcome = speak_all(settings, cards)
+    log.info("%s jobs: speech done in %.2fs", len(batch), time.monotonic() - started)
+    spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
+    jobs.set_step(path, spoken, "adding")
+    added = []
     with lock:
-        result = add(settings, collection(settings), job["id"], card, audio)
-    log.info("job %s: note %s added", job["id"], result["noteId"])
-    jobs.set_step(path, job["id"], "syncing")
-    if not sync(settings):
-        log.info("job %s: not synced: no sync login yet (python ankisync.py login USER)",
-                 job["id"])
+        col = collection(settings)
+        for job_id in spoken:
+            try:
+                result = add(settings, col, job_id, cards[job_id], outcome[job_id])
+            except TaskTimeout:
+                raise
+            except Exception as error:
+                outcome[job_id] = error
+                continue
+            outcome[job_id] = None
+            added.append(job_id)
+            log.info("job %s: note %s added", job_id, result["noteId"])
+    if added:
+        jobs.set_step(path, added, "syncing")
+        try:
+            if not sync(settings):
+                log.info("%s jobs not synced: no sync login yet (python ankisync.py login USER)",
+                         len(added))
+        except TaskTimeout:
+            raise
+        except Exception as error:
+            outcome.update(dict.fromkeys(added, error))
+    return outcome
 
 
 def reapply(settings, col):

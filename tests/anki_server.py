@@ -6,6 +6,7 @@ not trust the code it tests.
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +82,13 @@ class SyncServer:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections hang, as with a server gone silent."""
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> "SyncServer":
         return self.start()
