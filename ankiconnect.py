@@ -52,6 +52,7 @@ DOWNLOAD_TIMEOUT = 10             # seconds, as the add-on's webTimeout
 MEDIA_KINDS = ("audio", "video", "picture")
 
 _settings = None  # the worker's settings, set by start()
+_server = None    # the running server, for stop()
 
 
 class ActionError(Exception):
@@ -61,6 +62,8 @@ class ActionError(Exception):
 # --- the collection, one action at a time ------------------------------------
 
 def _collection():
+    if _server is None:  # stopping: never reopen a collection the worker closed
+        raise ActionError("collection is not available")
     return worker.collection(_settings)
 
 
@@ -834,7 +837,7 @@ def is_loopback(host):
 
 def start(settings):
     """Serve AnkiConnect on a daemon thread; the server, or None when it cannot."""
-    global _settings
+    global _settings, _server
     _settings = settings
     host, port = settings.ankiconnect_listen
     if not is_loopback(host) and not settings.ankiconnect_key:
@@ -851,6 +854,16 @@ def start(settings):
         return None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="ankiconnect", daemon=True).start()
+    _server = server
     log.info("AnkiConnect on http://%s:%s (key %s)", host, port,
              "required" if settings.ankiconnect_key else "not required")
     return server
+
+
+def stop():
+    """Stop serving, before the worker closes the collection (a worker shutdown hook)."""
+    global _server
+    server, _server = _server, None
+    if server is not None:
+        server.shutdown()
+        server.server_close()
