@@ -810,7 +810,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, f"AnkiConnect v.{API_VERSION}".encode(), shown, "text/plain")
         try:
             request = json.loads(body)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
             if not allowed:
                 return self._send(403, b"", shown)
             reply = {"result": None, "error": f"the request is not JSON: {error}"}
@@ -824,6 +824,14 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(reply).encode(), shown if allowed else origin)
 
     do_GET = do_POST
+
+    def handle_one_request(self):
+        # the error boundary of this thread: a fault is logged, never a traceback sent
+        try:
+            super().handle_one_request()
+        except Exception:
+            log.exception("AnkiConnect: request from %s failed", self.client_address[0])
+            self.close_connection = True
 
 
 def is_loopback(host):

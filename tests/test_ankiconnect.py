@@ -222,6 +222,9 @@ def test_version_4_and_multi_shapes(ac):
         "scopes": ["actions"], "actions": ["addNote"]}
     status, _, body = call(ac.port, raw=b"", method="GET")
     assert (status, body) == (200, b"AnkiConnect v.6")
+    for raw in (b"{not json", b"[" * 100_000, b"[]"):
+        status, _, body = call(ac.port, raw=raw)
+        assert status == 200 and body["result"] is None and body["error"], raw[:10]
 
 
 def test_exact_error_strings(ac):
