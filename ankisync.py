@@ -24,6 +24,7 @@ import config
 import credentials
 import db
 import jobs
+import throttle
 from errors import AnkisyncError, ConfigError
 
 log = logging.getLogger("ankisync")
@@ -107,9 +108,10 @@ def add_cors_headers(response):
     allowed = settings().cors_origins
     if "*" in allowed:
         response.set_header("Access-Control-Allow-Origin", "*")
-    elif origin in allowed:
+        return
+    response.set_header("Vary", "Origin")  # the answer depends on it, allowed or not: caches
+    if origin in allowed:
         response.set_header("Access-Control-Allow-Origin", origin)
-        response.add_header("Vary", "Origin")
 
 
 @app.hook("after_request")
@@ -213,6 +215,7 @@ def index():
 
 
 @app.post("/api/v1/login")
+@throttle.guard  # failed logins per address: 429 after a few
 def login():
     key = json_body().get("key")
     if not key:
@@ -226,6 +229,7 @@ def login():
 
 
 @app.post("/api/v1/refresh")
+@throttle.guard
 def refresh():
     token = json_body().get("refreshToken")
     try:
@@ -311,6 +315,13 @@ def task_status(job_id):
         raise ApiError(404, f"no task {job_id!r}: unknown, or finished more than"
                             f" {settings().result_ttl:g} s ago and forgotten")
     return jobs.status_body(job)
+
+
+@app.get("/api/v1/openapi.json")
+def openapi_document():
+    """The OpenAPI 3 description of this API (openapi.py), no auth needed."""
+    import openapi
+    return openapi.document(CARD_FIELDS, MAX_BODY)
 
 
 for _rule in sorted({route.rule for route in app.routes if route.rule.startswith("/api/v1/")}):

@@ -1,0 +1,260 @@
+"""The OpenAPI 3 description of the HTTP API, served at /api/v1/openapi.json.
+
+Built in code so that the card fields and their length caps come from the
+table the server validates with (ankisync.CARD_FIELDS, passed in), and the job
+statuses from jobs.STATUSES. tests/test_security.py checks it against the
+server: every route and method the app has is here, and every answer of its
+fuzz run has a status and a body this document allows.
+"""
+
+import jobs
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+TASK_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
+           "description": "32 lowercase hex digits; anything else is an unknown task (404)"}
+TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+
+def _json(schema, description, headers=None):
+    answer = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def _error(description):
+    return _json(ERROR, description)
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema, max_body):
+    return {"required": True, "content": {"application/json": {"schema": schema}},
+            "description": f"a JSON object of at most {max_body} bytes"}
+
+
+BAD_BODY = {"400": _error("the body is not a JSON object, or a field is wrong"),
+            "413": _error("the body is too large"),
+            "415": _error("the body is not sent as Content-Type: application/json")}
+AUTH = {"401": _error("missing, malformed, expired or revoked access token, or a refresh"
+                      " token where an access token belongs")}
+THROTTLED = {"429": _json(ERROR, "too many failed attempts from this address",
+                          {"Retry-After": {"description": "seconds to wait",
+                                           "schema": {"type": "integer"}}})}
+UNKNOWN_TASK = {"404": _error("no such task, or finished and forgotten (ANKISYNC_RESULT_TTL)")}
+
+
+def schemas(card_fields):
+    """The components' schemas; the card from the server's own field table."""
+    card = {
+        "type": "object",
+        "description": "Unknown fields are ignored; a missing or null optional field is empty."
+                       " englishExample must hold a cloze such as {{c1::word}}.",
+        "required": [name for name, (required, _) in card_fields.items() if required],
+        "properties": {name: {"type": "string", "maxLength": longest,
+                              **({"minLength": 1} if required else {"nullable": True})}
+                       for name, (required, longest) in card_fields.items()},
+    }
+    job = {
+        "type": "object",
+        "required": ["taskId", "status", "createdAt", "startedAt", "completedAt", "progress",
+                     "attempts", "result", "error"],
+        "properties": {
+            "taskId": TASK_ID,
+            "status": {"type": "string", "enum": list(jobs.STATUSES)},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "startedAt": TIME,
+            "completedAt": TIME,
+            "progress": {"type": "object", "required": ["current", "total", "step"],
+                         "properties": {"current": {"type": "integer"},
+                                        "total": {"type": "integer"},
+                                        "step": {"type": "string"}}},
+            "attempts": {"type": "integer"},
+            "result": {"type": "object", "nullable": True,
+                       "description": "on success: the note made",
+                       "properties": {"noteId": {"type": "integer"},
+                                      "cardIds": {"type": "array", "items": {"type": "integer"}},
+                                      "deck": {"type": "string"},
+                                      "audio": {"type": "object", "nullable": True},
+                                      "warning": {"type": "string", "nullable": True},
+                                      "synced": {"type": "boolean"},
+                                      "syncedAt": TIME}},
+            "error": {"type": "object", "nullable": True,
+                      "description": "on failure: what went wrong and what to do"
+                                     " (type Cancelled for a cancelled task)",
+                      "required": ["type", "message"],
+                      "properties": {"type": {"type": "string"},
+                                     "message": {"type": "string"}}},
+        },
+    }
+    accepted = {
+        "type": "object", "required": ["taskId", "status", "statusUrl", "createdAt"],
+        "properties": {"taskId": TASK_ID, "status": {"type": "string"},
+                       "statusUrl": {"type": "string"},
+                       "createdAt": {"type": "string", "format": "date-time"}},
+    }
+    return {
+        "Error": {"type": "object", "required": ["message"],
+                  "properties": {"message": {"type": "string"}}},
+        "BadCard": {"type": "object", "required": ["message", "errors"],
+                    "properties": {"message": {"type": "string"},
+                                   "errors": {"type": "object",
+                                              "description": "field name -> why it is refused",
+                                              "additionalProperties": {"type": "string"}}}},
+        "Card": card,
+        "JobStatus": job,
+        "Accepted": accepted,
+        "Replayed": {"allOf": [accepted, job],
+                     "description": "the task first made with this Idempotency-Key"},
+        "Finished": {
+            "type": "object", "required": ["status", "taskId", "task"],
+            "description": "?async=false: the job's result fields (status ok), or its failure",
+            "properties": {"status": {"type": "string", "enum": ["ok", "failure"]},
+                           "taskId": TASK_ID, "task": _ref("JobStatus"),
+                           "message": {"type": "string"}, "noteId": {"type": "integer"},
+                           "cardIds": {"type": "array", "items": {"type": "integer"}}}},
+        "Tokens": {"type": "object", "required": ["accessToken", "refreshToken"],
+                   "properties": {"accessToken": {"type": "string", "description": "JWT"},
+                                  "refreshToken": {"type": "string", "description": "JWT"}}},
+        "TaskList": {"type": "object", "required": ["tasks", "next"],
+                     "properties": {"tasks": {"type": "array", "items": _ref("JobStatus")},
+                                    "next": {**TASK_ID, "nullable": True,
+                                             "description": "pass as ?before= for the next page"}}},
+        "Health": {
+            "type": "object", "required": ["status", "worker", "queue", "jobs", "sync", "tts"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "worker": {"type": "object", "properties": {
+                    "alive": {"type": "boolean"}, "pid": {"type": "integer", "nullable": True}}},
+                "queue": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "sync": {"type": "object", "properties": {
+                    "loggedIn": {"type": "boolean"}, "endpoint": {"type": "string"},
+                    "lastSyncAt": TIME,
+                    "lastOutcome": {"type": "string", "nullable": True},
+                    "lastError": {"type": "string", "nullable": True}}},
+                "tts": {"type": "string"},
+            }},
+    }
+
+
+def operations(max_body):
+    """path -> method -> operation, for every route the app has but the preflights."""
+    secured = [{"accessToken": []}, {"bearer": []}]
+    task = {"name": "taskId", "in": "path", "required": True, "schema": TASK_ID}
+    return {
+        "/": {"get": {
+            "summary": "is the server up", "security": [],
+            "responses": {"200": _json({"type": "object", "required": ["status"],
+                                        "properties": {"status": {"type": "string"}}}, "up")}}},
+        "/api/v1/openapi.json": {"get": {
+            "summary": "this document", "security": [],
+            "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
+        "/api/v1/login": {"post": {
+            "summary": "trade the API key for a pair of tokens", "security": [],
+            "requestBody": _body({"type": "object", "required": ["key"],
+                                  "properties": {"key": {"type": "string"}}}, max_body),
+            "responses": {"201": _json(_ref("Tokens"), "the tokens"), **BAD_BODY,
+                          "401": _error("no key sent"), "403": _error("wrong key"),
+                          **THROTTLED}}},
+        "/api/v1/refresh": {"post": {
+            "summary": "trade a refresh token for a new pair (each works once)", "security": [],
+            "requestBody": _body({"type": "object", "required": ["refreshToken"],
+                                  "properties": {"refreshToken": {"type": "string"}}}, max_body),
+            "responses": {"201": _json(_ref("Tokens"), "the new tokens"), **BAD_BODY,
+                          "401": _error("refresh token missing, invalid, expired, or used"
+                                        " before (which revokes the whole login)"),
+                          **THROTTLED}}},
+        "/api/v1/health": {"get": {
+            "summary": "worker, queue and sync state", "security": secured,
+            "responses": {"200": _json(_ref("Health"), "the state"), **AUTH}}},
+        "/api/v1/clozeNotes": {"post": {
+            "summary": "make a cloze card (in the background)", "security": secured,
+            "parameters": [
+                {"name": "async", "in": "query", "required": False,
+                 "description": "false, 0 or no: wait for the job and answer its outcome",
+                 "schema": {"type": "string", "default": "true"}},
+                {"name": "Idempotency-Key", "in": "header", "required": False,
+                 "description": "the same key with the same card answers the first task;"
+                                " with another card, 409",
+                 "schema": {"type": "string", "maxLength": 200}}],
+            "requestBody": _body(_ref("Card"), max_body),
+            "responses": {
+                "202": _json(_ref("Accepted"), "the job is queued: poll statusUrl",
+                             {"Location": {"schema": {"type": "string"},
+                                           "description": "the statusUrl"}}),
+                "200": _json({"oneOf": [_ref("Replayed"), _ref("Finished")]},
+                             "the task of an earlier request with this Idempotency-Key, or"
+                             " with ?async=false the finished job"),
+                "400": _json({"oneOf": [_ref("BadCard"), ERROR, _ref("Finished")]},
+                             "a bad card (each bad field named in errors), a bad body, or"
+                             " with ?async=false a note Anki refused"),
+                **AUTH,
+                "409": _error("this Idempotency-Key was used with another card"),
+                "413": BAD_BODY["413"], "415": BAD_BODY["415"],
+                "502": _json(_ref("Finished"), "?async=false: the job failed"),
+                "504": _json(_ref("Finished"), "?async=false: the job timed out")}}},
+        "/api/v1/tasks": {"get": {
+            "summary": "recent tasks, newest first", "security": secured,
+            "parameters": [
+                {"name": "status", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": list(jobs.STATUSES)}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                {"name": "before", "in": "query", "required": False,
+                 "description": "a taskId from `next`: the page after it", "schema": TASK_ID}],
+            "responses": {"200": _json(_ref("TaskList"), "a page of tasks"),
+                          "400": _error("bad status or limit"), **AUTH,
+                          "404": _error("the before task is unknown")}}},
+        "/api/v1/tasks/{taskId}": {
+            "parameters": [task],
+            "get": {"summary": "a task's status", "security": secured,
+                    "responses": {"200": _json(_ref("JobStatus"), "the task"), **AUTH,
+                                  **UNKNOWN_TASK}},
+            "delete": {"summary": "cancel a task that has not started", "security": secured,
+                       "responses": {
+                           "200": _json(_ref("JobStatus"),
+                                        "cancelled: status failure, error type Cancelled"),
+                           **AUTH, **UNKNOWN_TASK,
+                           "409": _error("the task has started or finished")}}},
+        "/api/v1/tasks/{taskId}/retry": {
+            "parameters": [task],
+            "post": {"summary": "run a failed task again", "security": secured,
+                     "responses": {"202": _json(_ref("JobStatus"), "queued again"), **AUTH,
+                                   **UNKNOWN_TASK, "409": _error("the task has not failed")}}},
+    }
+
+
+def preflight():
+    return {"summary": "CORS preflight", "security": [],
+            "responses": {"204": {"description": "the allowed methods and headers",
+                                  "headers": {name: {"schema": {"type": "string"}} for name in (
+                                      "Access-Control-Allow-Origin",
+                                      "Access-Control-Allow-Methods",
+                                      "Access-Control-Allow-Headers")}}}}
+
+
+def document(card_fields, max_body):
+    """The whole OpenAPI 3 document, as a dict ready for JSON."""
+    paths = operations(max_body)
+    for path, item in paths.items():
+        if path.startswith("/api/v1/"):
+            item["options"] = preflight()
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ankisync", "version": "1",
+                 "description": "Turns a word and an example sentence into an Anki cloze card"
+                                " with audio. Every error is JSON {\"message\": ...}; 404 and"
+                                " 405 for unknown routes and methods."},
+        "paths": paths,
+        "security": [{"accessToken": []}, {"bearer": []}],
+        "components": {
+            "securitySchemes": {
+                "accessToken": {"type": "apiKey", "in": "header", "name": "x-access-token",
+                                "description": "the accessToken from /api/v1/login"},
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": schemas(card_fields),
+        },
+    }
