@@ -270,11 +270,22 @@ def health():
 def add_cloze_note():
     access_claims()
     card = validate_card(json_body())
-    job = jobs.create(db_path(), card)
-    import huey_tasks
-    huey_tasks.enqueue(job["id"])
+    key = bottle.request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > 200:
+        raise ApiError(400, "Idempotency-Key is too long: at most 200 characters")
+    try:
+        job, created = jobs.create(db_path(), card, key)
+    except jobs.KeyReused as error:
+        raise ApiError(409, "this Idempotency-Key was already used with a different card"
+                            f" (task {error}); use a new key for a new card",
+                       taskId=str(error)) from None
+    if created:
+        import huey_tasks
+        huey_tasks.enqueue(job["id"])
     if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
         return wait_for(job["id"])
+    if not created:  # the same request again: the original task, as it stands now
+        return {**accepted(job), **jobs.status_body(job)}
     bottle.response.status = 202
     bottle.response.set_header("Location", f"/api/v1/tasks/{job['id']}")
     return accepted(job)
@@ -307,14 +318,64 @@ def wait_for(job_id):
             "message": "the job is not finished yet (it is being retried); poll statusUrl"}
 
 
-@app.get("/api/v1/tasks/<job_id>")
-def task_status(job_id):
-    access_claims()
+def find_job(job_id):
     job = jobs.get(db_path(), job_id) if jobs.is_id(job_id) else None
     if job is None:
         raise ApiError(404, f"no task {job_id!r}: unknown, or finished more than"
                             f" {settings().result_ttl:g} s ago and forgotten")
-    return jobs.status_body(job)
+    return job
+
+
+@app.get("/api/v1/tasks/<job_id>")
+def task_status(job_id):
+    access_claims()
+    return jobs.status_body(find_job(job_id))
+
+
+@app.get("/api/v1/tasks")
+def task_list():
+    """Recent jobs, newest first; ?status= filters, ?before=<taskId> pages."""
+    access_claims()
+    query = bottle.request.query
+    status, before = query.get("status") or None, query.get("before") or None
+    if status is not None and status not in jobs.STATUSES:
+        raise ApiError(400, f"status must be one of {', '.join(jobs.STATUSES)}")
+    try:
+        limit = int(query.get("limit") or 20)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise ApiError(400, "limit must be a whole number from 1 to 100")
+    if before is not None:
+        find_job(before)
+    found = jobs.recent(db_path(), status, limit + 1, before)
+    page = found[:limit]
+    return {"tasks": [jobs.status_body(job) for job in page],
+            "next": page[-1]["id"] if len(found) > limit else None}
+
+
+@app.post("/api/v1/tasks/<job_id>/retry")
+def task_retry(job_id):
+    """Run a failed job again."""
+    access_claims()
+    job = find_job(job_id)
+    if not jobs.reopen(db_path(), job_id):
+        raise ApiError(409, f"task {job_id} is {job['status']}: only a failed task can be retried")
+    import huey_tasks
+    huey_tasks.enqueue(job_id)
+    bottle.response.status = 202
+    return jobs.status_body(jobs.get(db_path(), job_id))
+
+
+@app.delete("/api/v1/tasks/<job_id>")
+def task_cancel(job_id):
+    """Cancel a job that has not started yet."""
+    access_claims()
+    job = find_job(job_id)
+    if not jobs.cancel(db_path(), job_id):
+        raise ApiError(409, f"task {job_id} is {job['status']}: only a task that has not"
+                            " started can be cancelled")
+    return jobs.status_body(jobs.get(db_path(), job_id))
 
 
 @app.get("/api/v1/openapi.json")
@@ -372,14 +433,13 @@ def run_worker(args):
         log.info("%s", line)
     pid_path = config.worker_pid_path(current)
     pid_path.write_text(str(os.getpid()))
-    huey_tasks.recover()
     # One process worker: Huey enforces task timeouts only in process workers,
     # and a single writer is what the Anki collection allows. SIGTERM lets the
     # running job finish (bounded); SIGINT stops at once. Either way a job left
     # unfinished is recovered at the next start.
     consumer = huey_tasks.huey.create_consumer(
-        workers=1, worker_type="process", periodic=True, initial_delay=0.05, backoff=1.15,
-        max_delay=0.5, check_worker_health=True, health_check_interval=1,
+        workers=1, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.15,
+        max_delay=0.1, check_worker_health=True, health_check_interval=1,
         graceful_signal="TERM", shutdown_timeout=30)
     log.info("worker running (one process worker, task timeout %gs)", current.task_timeout)
     try:

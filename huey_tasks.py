@@ -8,10 +8,15 @@ Huey is the transport, not the record: each task carries a job id, and the
 job's fate is written to the job table. Huey's own results are not stored.
 """
 
+import datetime
+import json
 import logging
 import sys
+import time
 
-from huey import SqliteHuey, crontab
+from huey import SqliteHuey
+from huey.registry import Message
+from huey.serializer import Serializer
 from huey.exceptions import TaskTimeout
 
 import config
@@ -24,7 +29,35 @@ settings = config.current()
 config.ensure_data_dir(settings)
 DB = config.db_path(settings)
 
-huey = SqliteHuey("ankisync", filename=str(DB), results=False, utc=True, timeout=10)
+
+
+class JsonSerializer(Serializer):
+    """Huey's task messages as JSON: nothing in the queue is pickled.
+
+    Our tasks carry only job ids, so a message is plain data but for its
+    datetimes; pipelines and chords, which would nest messages, are not used.
+    """
+
+    def _serialize(self, message):
+        fields = message._asdict()
+        if fields["on_complete"] or fields["on_error"] or fields["chord_config"]:
+            raise ValueError("ankisync's queue carries no pipelines or chords")
+        for name in ("eta", "expires_resolved"):
+            if fields[name] is not None:
+                fields[name] = fields[name].isoformat()
+        return json.dumps(fields).encode()
+
+    def _deserialize(self, data):
+        fields = json.loads(data)
+        for name in ("eta", "expires_resolved"):
+            if fields[name] is not None:
+                fields[name] = datetime.datetime.fromisoformat(fields[name])
+        fields["args"] = tuple(fields["args"])
+        return Message(**fields)
+
+
+huey = SqliteHuey("ankisync", filename=str(DB), results=False, utc=True, timeout=10,
+                  serializer=JsonSerializer())
 
 
 def retry_delay(attempts):
@@ -59,6 +92,21 @@ def make_card(job_id):
                 log.warning("job %s: timed out after %ss", job["id"], settings.task_timeout)
                 jobs.mark_failure(DB, job["id"], "TimeoutError",
                                   TIMEOUT_MESSAGE.format(settings.task_timeout))
+    if time.monotonic() - _last_purge > PURGE_EVERY:
+        purge_finished()
+
+
+PURGE_EVERY = 3600
+_last_purge = float("-inf")
+
+
+def purge_finished():
+    """Forget finished jobs older than ANKISYNC_RESULT_TTL (at start, then at most hourly)."""
+    global _last_purge
+    _last_purge = time.monotonic()
+    count = jobs.purge(DB, settings.result_ttl)
+    if count:
+        log.info("purged %s finished jobs", count)
 
 
 def settle(job_id, error, attempts):
@@ -94,18 +142,11 @@ def sync_now():
         log.warning("sync failed: %s", error)
 
 
-@huey.periodic_task(crontab(minute="*/10"))
-def purge_finished():
-    """Forget finished jobs older than ANKISYNC_RESULT_TTL."""
-    count = jobs.purge(DB, settings.result_ttl)
-    if count:
-        log.info("purged %s finished jobs", count)
-
-
 @huey.on_startup()
 def recover_at_start():
     """A new worker (first start, or replacing one that died) first recovers lost jobs."""
     recover()
+    purge_finished()
 
 
 @huey.on_startup()
@@ -128,23 +169,18 @@ def enqueue(job_id):
     make_card(job_id, id=job_id)
 
 
-@huey.periodic_task(crontab(minute="*"))
-def recover_lost():
-    """Every minute, the recovery of worker start (a job can be lost at any time)."""
-    # With one worker, nothing else runs while this does. Jobs younger than a
-    # few seconds are left alone: the web process may be enqueueing them now.
-    recover(older_than=10)
-
-
-def recover(older_than=0):
+def recover():
     """Enqueue again every unfinished job that Huey no longer holds.
 
     Huey deletes a task when it starts it, so a worker killed mid-job loses
-    it, and a web process killed between its two writes never enqueues one;
-    the job table still says the job is owed. Run when no job is running.
+    it; the job table still says the job is owed. Run when no job is running:
+    at the start of each worker process. (A job whose web process died before
+    enqueueing it is also taken by the next batch, which claims waiting jobs
+    from the table. No periodic task does this: an idle service must not
+    write to its SD card.)
     """
     held = {task.id for task in huey.pending()} | {task.id for task in huey.scheduled()}
-    lost = [job_id for job_id in jobs.unfinished(DB, older_than) if job_id not in held]
+    lost = [job_id for job_id in jobs.unfinished(DB) if job_id not in held]
     for job_id in lost:
         enqueue(job_id)
     if lost:

@@ -216,11 +216,10 @@ def mark_synced(path, since):
         )
 
 
-def unfinished(path, older_than=0):
+def unfinished(path):
     """Ids of jobs the worker still owes an outcome, oldest first."""
     rows = db.connect(path).execute(
-        "SELECT id FROM ankisync_jobs WHERE status IN (?, ?, ?) AND created_at <= ?"
-        " ORDER BY created_at", (*UNFINISHED, time.time() - older_than))
+        "SELECT id FROM ankisync_jobs WHERE status IN (?, ?, ?) ORDER BY created_at", UNFINISHED)
     return [row[0] for row in rows]
 
 

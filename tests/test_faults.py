@@ -1,0 +1,291 @@
+"""Nothing lost, nothing doubled: real processes killed, real servers stopped.
+
+Each test ends by syncing a fresh collection from the sync server and counting
+notes by guid: every accepted card exactly once.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+
+import notes
+from anki_server import download_collection, notes_in
+from service import CARD
+
+
+def server_guids(tmp_path, sync_server, account):
+    col = download_collection(tmp_path / f"device-{time.monotonic_ns()}", sync_server.url,
+                              account, "pass")
+    try:
+        return Counter(note["guid"] for note in notes_in(col))
+    finally:
+        col.close()
+
+
+def assert_exactly_once(tmp_path, sync_server, account, task_ids):
+    guids = server_guids(tmp_path, sync_server, account)
+    expected = {notes.note_guid(task_id) for task_id in task_ids}
+    duplicates = [g for g, n in guids.items() if n > 1]
+    lost = expected - set(guids)
+    print(f"accepted {len(task_ids)}, notes on server {sum(guids.values())},"
+          f" duplicates {len(duplicates)}, lost {len(lost)}")
+    assert not duplicates and not lost and set(guids) == expected
+
+
+def card(n):
+    return dict(CARD, word=f"word{n}", englishExample=f"Sentence {n} with {{{{c1::word{n}}}}}.")
+
+
+def worker_child(service):
+    """The Huey process worker that runs jobs (the consumer's child holding the collection)."""
+    collection = str(service.data_dir / "collection.anki2")
+    for pid in service.group_alive():
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == collection
+                   for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    raise AssertionError("no process holds the collection")
+
+
+def web_process(service):
+    for pid in service.group_alive():
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            if b"serve" in file.read().split(b"\0"):
+                return pid
+    raise AssertionError("no web process")
+
+
+def wait_step(service, task_id, step, timeout=30):
+    deadline = time.monotonic() + timeout
+    while service.job(task_id)["progress"]["step"] != step:
+        assert time.monotonic() < deadline, service.logs()
+        time.sleep(0.02)
+
+
+def power_loss(service):
+    """Everything dies at once: kill -9 the whole process group, then start again."""
+    service.kill()
+    service.process.wait(10)
+    time.sleep(0.2)
+    service.start()
+
+
+def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account, fake_tts,
+                                              tmp_path):
+    service = make_service(ANKISYNC_TASK_TIMEOUT=60)
+    service.sync_login(account)
+    task_ids = []
+
+    # 1. during text-to-speech: the whole machine goes down
+    fake_tts.delay = 3
+    task_ids.append(service.post_card(card(1))[1]["taskId"])
+    wait_step(service, task_ids[-1], "speaking")
+    time.sleep(0.3)
+    fake_tts.delay = 0
+    power_loss(service)
+
+    # 2. the note is added, the sync hangs: the worker child alone is killed
+    #    (as by the OOM killer); Huey starts a new one, which recovers the job
+    sync_server.pause()
+    try:
+        task_ids.append(service.post_card(card(2))[1]["taskId"])
+        wait_step(service, task_ids[-1], "syncing")
+        os.kill(worker_child(service), signal.SIGKILL)
+    finally:
+        sync_server.resume()
+
+    # 3. in the middle of a sync that hangs: the whole machine goes down
+    sync_server.pause()
+    try:
+        task_ids.append(service.post_card(card(3))[1]["taskId"])
+        wait_step(service, task_ids[-1], "syncing")
+        time.sleep(0.5)
+        service.kill()
+        service.process.wait(10)
+    finally:
+        sync_server.resume()
+    service.start()
+
+    for task_id in task_ids:
+        job, _ = service.wait(task_id, timeout=90)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    assert_exactly_once(tmp_path, sync_server, account, task_ids)
+
+
+def test_web_process_killed_while_clients_post(make_service, sync_server, account, tmp_path):
+    service = make_service()
+    service.sync_login(account)
+    service.login()
+    keys = [str(uuid.uuid4()) for _ in range(4 * 250)]
+    answers = {}
+
+    def client(my_keys):
+        for n, key in my_keys:
+            try:
+                status, _, body = service.call("POST", "/api/v1/clozeNotes", card(n),
+                                               headers={"Idempotency-Key": key})
+                answers[key] = (status, body)
+            except OSError:
+                answers[key] = (None, None)  # no answer: the client will retry
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(list(enumerate(keys))[i::4],))
+               for i in range(4)]
+    for thread in threads:
+        thread.start()
+    while len(answers) < 60:  # kill mid-burst
+        time.sleep(0.005)
+    os.kill(web_process(service), signal.SIGKILL)
+    for thread in threads:
+        thread.join(30)
+    accepted = {key: body["taskId"] for key, (status, body) in answers.items() if status == 202}
+    assert accepted and len(accepted) < len(keys), "the kill should land mid-burst"
+    assert all(status in (202, None) for status, _ in answers.values())
+    # run.sh stops the worker too when the web process dies, and exits non-zero
+    assert service.process.wait(45) != 0
+
+    service.start()
+    service.login()
+    task_ids = dict(accepted)
+    for n, key in enumerate(keys):  # every client retries what it has no answer for
+        status, _, body = service.call("POST", "/api/v1/clozeNotes", card(n),
+                                       headers={"Idempotency-Key": key})
+        assert status in (200, 202), body
+        if key in accepted:
+            assert status == 200 and body["taskId"] == accepted[key]
+        task_ids[key] = body["taskId"]
+    for task_id in set(task_ids.values()):
+        job, _ = service.wait(task_id, timeout=120)
+        assert job["status"] == "success", job
+    assert_exactly_once(tmp_path, sync_server, account, set(task_ids.values()))
+
+
+def test_same_idempotency_key_with_another_card_is_a_conflict(service):
+    headers = {"Idempotency-Key": "retry-me-1"}
+    status, _, first = service.call("POST", "/api/v1/clozeNotes", card(1), headers=headers)
+    assert status == 202
+    status, _, again = service.call("POST", "/api/v1/clozeNotes", card(1), headers=headers)
+    assert status == 200 and again["taskId"] == first["taskId"]
+    status, _, other = service.call("POST", "/api/v1/clozeNotes", card(2), headers=headers)
+    assert status == 409 and "Idempotency-Key" in other["message"]
+
+
+def test_sync_server_down_during_a_burst(make_service, sync_server, account, tmp_path):
+    service = make_service()
+    service.sync_login(account)
+    sync_server.stop()
+    try:
+        task_ids = [service.post_card(card(n))[1]["taskId"] for n in range(10)]
+        job, seen = service.wait(task_ids[0], until=("retrying",))
+        assert job["attempts"] >= 1 and job["error"]["type"] == "SyncUnavailable", job
+        assert "ANKISYNC_SYNC_ENDPOINT" in job["error"]["message"]
+        status, _, health = service.call("GET", "/api/v1/health")
+        assert health["sync"]["lastError"].startswith("SyncUnavailable")
+        time.sleep(1)
+    finally:
+        sync_server.start()
+    for task_id in task_ids:
+        job, _ = service.wait(task_id, timeout=60)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    assert_exactly_once(tmp_path, sync_server, account, task_ids)
+
+
+def test_tts_server_errors_are_retried_and_a_refused_key_is_not(make_service, fake_tts):
+    service = make_service()
+    fake_tts.fail_next(2, 500)
+    fake_tts.fail_next(2, 503)
+    job, seen = service.wait(service.post_card()[1]["taskId"])
+    assert job["status"] == "success" and "retrying" in seen and job["attempts"] >= 3, job
+    fake_tts.valid_keys = {"another-key"}
+    job, seen = service.wait(service.post_card(card(2))[1]["taskId"])
+    assert job["status"] == "failure" and job["attempts"] == 1, job
+    assert "ANKISYNC_GOOGLE_API_KEY" in job["error"]["message"]
+
+
+def test_failed_jobs_are_listed_retried_and_pending_ones_cancelled(make_service, fake_tts):
+    service = make_service()
+    fake_tts.valid_keys = {"another-key"}
+    failed = service.wait(service.post_card()[1]["taskId"])[0]
+    assert failed["status"] == "failure"
+    status, _, page = service.call("GET", "/api/v1/tasks?status=failure&limit=1")
+    assert status == 200 and [t["taskId"] for t in page["tasks"]] == [failed["taskId"]]
+    assert service.call("GET", "/api/v1/tasks?status=nope")[0] == 400
+
+    fake_tts.valid_keys = None
+    status, _, body = service.call("POST", f"/api/v1/tasks/{failed['taskId']}/retry")
+    assert status == 202 and body["status"] in ("pending", "started", "success")
+    assert service.wait(failed["taskId"])[0]["status"] == "success"
+    assert service.call("POST", f"/api/v1/tasks/{failed['taskId']}/retry")[0] == 409
+
+    fake_tts.delay = 2  # keep the worker busy, so the next job waits in the queue
+    busy = service.post_card(card(2))[1]["taskId"]
+    waiting = service.post_card(card(3))[1]["taskId"]
+    status, _, body = service.call("DELETE", f"/api/v1/tasks/{waiting}")
+    assert status == 200 and body["status"] == "failure" and body["error"]["type"] == "Cancelled"
+    service.wait(busy, until=("started", "success"))
+    assert service.call("DELETE", f"/api/v1/tasks/{busy}")[0] == 409
+    fake_tts.delay = 0
+    assert service.wait(busy)[0]["status"] == "success"
+    time.sleep(0.5)
+    assert service.job(waiting)["status"] == "failure"  # the worker skipped it
+
+    status, _, page = service.call("GET", "/api/v1/tasks?limit=2")
+    assert [t["taskId"] for t in page["tasks"]] == [waiting, busy] and page["next"] == busy
+    status, _, rest = service.call("GET", f"/api/v1/tasks?limit=2&before={page['next']}")
+    assert [t["taskId"] for t in rest["tasks"]] == [failed["taskId"]] and rest["next"] is None
+
+
+def test_concurrent_load_loses_nothing(make_service, sync_server, account, tmp_path):
+    service = make_service()
+    service.sync_login(account)
+    service.login()
+    results, errors = [], []
+
+    def client(offset):
+        for n in range(offset, offset + 50):
+            status, _, body = service.call("POST", "/api/v1/clozeNotes", card(n))
+            (results if status == 202 else errors).append(body if status == 202 else (status, body))
+
+    threads = [threading.Thread(target=client, args=(i * 50,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == [] and len(results) == 800
+    task_ids = [body["taskId"] for body in results]
+    for task_id in task_ids:
+        job, _ = service.wait(task_id, timeout=300)
+        assert job["status"] == "success", job
+    assert "database is locked" not in service.logs()
+    assert_exactly_once(tmp_path, sync_server, account, task_ids)
+
+
+def test_sigterm_lets_the_running_job_finish(make_service, fake_tts):
+    service = make_service()
+    fake_tts.delay = 1.5
+    task_id = service.post_card()[1]["taskId"]
+    wait_step(service, task_id, "speaking")
+    assert service.stop(signal.SIGTERM) == 0
+    assert service.group_alive() == []
+    service.start()  # only to read the job: it finished before the stop
+    job = service.job(task_id)
+    assert job["status"] == "success" and job["attempts"] == 1, job
+
+
+def test_queue_holds_no_pickles(make_service, fake_tts):
+    import sqlite3
+    service = make_service(ANKISYNC_RETRY_DELAY=2)
+    fake_tts.fail_next(1, 503)  # the job waits in Huey's schedule for its retry
+    task_id = service.post_card()[1]["taskId"]
+    service.wait(task_id, until=("retrying",))
+    conn = sqlite3.connect(service.data_dir / "ankisync.db")
+    rows = conn.execute("SELECT data FROM schedule UNION ALL SELECT data FROM task").fetchall()
+    assert rows and all(json.loads(data)["args"] == [task_id] for (data,) in rows)
+    assert service.wait(task_id)[0]["status"] == "success"
