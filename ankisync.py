@@ -43,6 +43,7 @@ CARD_FIELDS = {
     "exampleTranslation": (False, 2000),
 }
 CLOZE = re.compile(r"\{\{c\d+::(?!\}\})(.+?)\}\}", re.S)
+CLOZE_MARK = re.compile(r"\{\{c\d+::")
 ALLOWED_HEADERS = "content-type, x-access-token, authorization, idempotency-key"
 # Error types of a failed job -> HTTP status of a ?async=false answer
 FAILURE_STATUS = {"BadNote": 400, "TimeoutError": 504}
@@ -163,8 +164,14 @@ def json_body():
         raise ApiError(413, f"request body too large: at most {MAX_BODY} bytes")
     try:
         data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode()  # a lone "\ud800" can't be stored
+    except UnicodeEncodeError:  # before ValueError, its base
+        raise ApiError(400, "the body is not valid JSON text: it holds a lone surrogate"
+                            " escape such as \\ud800") from None
     except ValueError as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -198,6 +205,10 @@ def validate_card(data):
             problems[name] = f"is too long: at most {longest} characters"
         else:
             card[name] = value
+    for name in [name for name in card if name != "englishExample"]:
+        if CLOZE_MARK.search(card[name]):
+            problems[name] = ("must not hold cloze markers like {{c1::...}}:"
+                              " only englishExample may")
     if "englishExample" in card and not CLOZE.search(card["englishExample"]):
         problems["englishExample"] = ("has no cloze: mark the hidden word like"
                                       " He told the {{c1::extraordinary}} story.")

@@ -93,13 +93,18 @@ def test_refresh_rotates_and_detects_reuse(api):
     ({"englishDefinition": "x" * 2001}, "englishDefinition", "too long"),
     ({"englishExample": "He told the story."}, "englishExample", "no cloze"),
     ({"englishExample": "He told the {{c1::}} story."}, "englishExample", "no cloze"),
+    ({"exampleTranslation": "Er {{c1::erzählte}}."}, "exampleTranslation", "cloze markers"),
+    ({"word": "\ud800"}, "word", None),
 ])
 def test_bad_cards_are_refused_naming_the_field(api, change, field, why):
     before = job_count(api)
     card = {key: value for key, value in {**CARD, **change}.items() if value is not None}
     status, _, body = api.call("POST", "/api/v1/clozeNotes", card)
     assert status == 400, body
-    assert why in body["errors"][field] and field in body["message"]
+    if why is None:  # refused as a body, before its fields are read
+        assert "lone surrogate" in body["message"]
+    else:
+        assert why in body["errors"][field] and field in body["message"]
     assert job_count(api) == before  # no job for a refused request
 
 
@@ -111,6 +116,12 @@ def test_bodies_that_are_not_a_json_card(api):
     status, _, body = api.call("POST", path, raw=b"{not json",
                                headers={"Content-Type": "application/json"})
     assert status == 400 and "not valid JSON" in body["message"]
+    status, _, body = api.call("POST", path, raw=b"[" * 50_000 + b"]" * 50_000,
+                               headers={"Content-Type": "application/json"})
+    assert status == 413  # over the size cap before it is parsed
+    status, _, body = api.call("POST", path, raw=b"[" * 30_000 + b"]" * 30_000,
+                               headers={"Content-Type": "application/json"})
+    assert status == 400 and "nested too deeply" in body["message"]
     status, _, body = api.call("POST", path, raw=b"[1, 2]",
                                headers={"Content-Type": "application/json"})
     assert status == 400 and "JSON object" in body["message"]
