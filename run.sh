@@ -41,9 +41,16 @@ install() {  # install() REQUIREMENTS_FILE: skipped when nothing changed since l
     fi
 }
 
+stdout_is_journal() {  # under systemd: stdout is the stream JOURNAL_STREAM names
+    [ -n "${JOURNAL_STREAM:-}" ] &&
+        [ "$(stat -L -c %d:%i "/proc/$$/fd/1" 2>/dev/null)" = "$JOURNAL_STREAM" ]
+}
+
 start() {
     install requirements.txt
-    "$PY" ankisync.py api-key --if-missing
+    # The first start prints the API key, once; never into the journal, where
+    # it would stay on disk: there the API logs how to make one by hand.
+    stdout_is_journal || "$PY" ankisync.py api-key --if-missing
     "$PY" ankisync.py worker & worker=$!
     "$PY" ankisync.py serve & web=$!
     stop() {
