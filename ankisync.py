@@ -24,6 +24,7 @@ import config
 import credentials
 import db
 import jobs
+import tts
 import throttle
 from errors import AnkisyncError, ConfigError
 
@@ -272,8 +273,8 @@ def health():
             "lastOutcome": db.get_state(path, "last_sync_outcome"),
             "lastError": last_error,
         },
-        "tts": "google" if settings().google_api_key or stored.get("google_api_key")
-               or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") else "none",
+        "tts": tts.choose(settings().tts, settings().google_api_key
+                          or stored.get("google_api_key")) or "none",
     }
 
 

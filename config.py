@@ -60,6 +60,13 @@ def _level(value):
     return value
 
 
+def _tts(value):
+    value = value.lower()
+    if value not in ("auto", "google", "espeak", "none"):
+        raise ValueError("expected auto, google, espeak or none")
+    return value
+
+
 def _text(value):
     return value or None
 
@@ -71,7 +78,10 @@ SETTINGS = [
     ("ANKISYNC_SYNC_ENDPOINT", "", _url, "sync server URL (empty: AnkiWeb)"),
     ("ANKISYNC_GOOGLE_API_KEY", "", _text, "Google TTS API key (or GOOGLE_APPLICATION_CREDENTIALS)"),
     ("ANKISYNC_GOOGLE_TTS_ENDPOINT", "", _url, "TTS API endpoint override (tests, proxies)"),
+    ("ANKISYNC_TTS", "auto", _tts,
+     "voice: google, espeak (offline, espeak-ng), none, or auto (Google if it has a key)"),
     ("ANKISYNC_TTS_VOICE", "en-US-Wavenet-D", str, "Google voice name"),
+    ("ANKISYNC_ESPEAK_VOICE", "en-us", str, "espeak-ng voice (espeak-ng --voices)"),
     ("ANKISYNC_DECK", "English Vocabulary", str, "deck that new cards go to"),
     ("ANKISYNC_TASK_TIMEOUT", "300", _seconds, "seconds a job may run"),
     ("ANKISYNC_RESULT_TTL", "86400", _seconds, "seconds finished jobs stay queryable"),

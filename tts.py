@@ -1,7 +1,8 @@
-"""Spoken clips from Google Cloud Text-to-Speech, cached by content in the media folder.
+"""Spoken clips, cached by content in the media folder.
 
-Worker only: `google.cloud` is imported inside functions, so that importing this
-module costs nothing, and the web process never loads the client.
+Two voices: Google Cloud Text-to-Speech (MP3), and espeak-ng, which runs offline
+on a Pi (WAV, which Anki plays everywhere). Worker only: `google.cloud` is
+imported inside functions, so importing this module costs nothing.
 """
 
 import hashlib
@@ -11,6 +12,8 @@ import logging
 import os
 import pathlib
 import re
+import shutil
+import subprocess
 import tempfile
 import urllib.parse
 
@@ -18,8 +21,8 @@ import errors
 
 log = logging.getLogger(__name__)
 
-PROVIDER = "google"
-AUDIO_FORMAT = "mp3"
+AUDIO_FORMAT = {"google": "mp3", "espeak": "wav"}  # provider -> what it makes
+ESPEAK = "espeak-ng"
 VOICES_URL = "https://cloud.google.com/text-to-speech/docs/voices"
 
 # Innermost cloze first, so a cloze nested in another's answer unwraps too.
@@ -57,18 +60,32 @@ def available(api_key: str | None) -> bool:
     return bool(api_key) or bool(credentials and os.path.isfile(credentials))
 
 
-def clip_name(text: str, voice: str) -> str:
+def choose(setting: str, api_key: str | None) -> str | None:
+    """The voice provider to use: "google", "espeak" or None (cards without audio).
+
+    ANKISYNC_TTS=auto takes Google when there are credentials, else espeak-ng
+    when it is installed; "google", "espeak" and "none" force the choice.
+    """
+    if setting == "auto":
+        if available(api_key):
+            return "google"
+        return "espeak" if shutil.which(ESPEAK) else None
+    return None if setting == "none" else setting
+
+
+def clip_name(text: str, voice: str, provider: str = "google") -> str:
     """The media file name for text in voice: a hash, so no user text reaches the disk name."""
     # Everything that changes the audio goes into the hash, nothing else does.
-    identity = json.dumps([PROVIDER, voice, AUDIO_FORMAT, speakable(text)])
+    audio_format = AUDIO_FORMAT[provider]
+    identity = json.dumps([provider, voice, audio_format, speakable(text)])
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
-    return "ankisync-%s.%s" % (digest[:24], AUDIO_FORMAT)
+    return "ankisync-%s.%s" % (digest[:24], audio_format)
 
 
 def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str | None,
-                endpoint: str | None, timeout: float) -> str:
+                endpoint: str | None, timeout: float, provider: str = "google") -> str:
     """Return the name of the clip for text in media_dir, synthesizing it if missing."""
-    name = clip_name(text, voice)
+    name = clip_name(text, voice, provider)
     path = media_dir / name
     # A clip on disk is the cache: a job run again reuses what its last run paid for.
     if path.is_file() and path.stat().st_size > 0:
@@ -78,8 +95,11 @@ def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str 
     if not words:
         raise errors.BadNote("there is nothing to say: the text is empty once cloze "
                              "markers and HTML are removed")
-    audio = synthesize(words, voice=voice, api_key=api_key, endpoint=endpoint,
-                       timeout=timeout)
+    if provider == "espeak":
+        audio = synthesize_espeak(words, voice=voice, timeout=timeout)
+    else:
+        audio = synthesize(words, voice=voice, api_key=api_key, endpoint=endpoint,
+                           timeout=timeout)
     media_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, audio)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
@@ -99,6 +119,26 @@ def _write_atomically(path, data):
     except BaseException:
         os.unlink(temp)
         raise
+
+
+def synthesize_espeak(text: str, *, voice: str, timeout: float) -> bytes:
+    """WAV audio of text from the local espeak-ng; raises TTSRefused or TTSUnavailable."""
+    if not shutil.which(ESPEAK):
+        raise errors.TTSRefused("ANKISYNC_TTS=espeak, but espeak-ng is not installed:"
+                                " apt install espeak-ng")
+    try:
+        # The text goes in on stdin, never as an argument that could read as an option.
+        done = subprocess.run([ESPEAK, "-v", voice, "--stdout"], input=text.encode(),
+                              capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise errors.TTSUnavailable(f"espeak-ng took longer than {timeout:g} s;"
+                                    " the job will be retried") from None
+    # (An unknown voice is not an error to espeak-ng: it falls back to its default.)
+    if done.returncode != 0 or not done.stdout.startswith(b"RIFF"):
+        problem = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+        raise errors.TTSRefused(f"espeak-ng could not speak ({problem}): check"
+                                f" ANKISYNC_ESPEAK_VOICE={voice!r} (espeak-ng --voices lists them)")
+    return done.stdout
 
 
 def language_code(voice: str) -> str:

@@ -64,15 +64,17 @@ _speakers = None
 def speak_all(settings, cards):
     """Clips for many cards at once, a few requests in flight: {job id: clips or error}.
 
-    A card's clips are {"word": name, "text": name}, or None when no TTS is set
-    up. The same text is requested once, however many cards hold it.
+    A card's clips are {"word": name, "text": name}, or None when no voice is
+    set up. The same text is requested once, however many cards hold it.
     """
     global _speakers
     key = google_key(settings)
-    if not tts.available(key):
+    provider = tts.choose(settings.tts, key)
+    if provider is None:
         return {job_id: None for job_id in cards}
-    options = dict(voice=settings.tts_voice, api_key=key,
-                   endpoint=settings.google_tts_endpoint, timeout=_call_timeout(settings))
+    options = dict(provider=provider, api_key=key, endpoint=settings.google_tts_endpoint,
+                   timeout=_call_timeout(settings),
+                   voice=settings.espeak_voice if provider == "espeak" else settings.tts_voice)
     media = config.media_dir(settings)
     if _speakers is None:
         _speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
@@ -98,8 +100,8 @@ def add(settings, col, job_id, card, audio):
     result = {"noteId": note_id, "cardIds": card_ids, "deck": settings.deck,
               "audio": audio or None}
     if not audio:
-        result["warning"] = ("made without audio: no Google text-to-speech credentials are set"
-                             " (ANKISYNC_GOOGLE_API_KEY, or run ./run.sh setup)")
+        result["warning"] = ("made without audio: no voice is set up (set ANKISYNC_GOOGLE_API_KEY"
+                             " or run ./run.sh setup for Google's, or install espeak-ng)")
     jobs.mark_added(config.db_path(settings), job_id, result)
     return result
 

@@ -2,6 +2,7 @@
 
 import signal
 import time
+from pathlib import Path
 
 from anki.collection import Collection
 
@@ -133,13 +134,34 @@ def test_before_login_cards_stay_local_then_sync_after_login(service, sync_serve
     assert set(job["result"]["audio"].values()) <= media
 
 
-def test_without_google_key_cards_have_no_audio(make_service, fake_tts):
-    service = make_service(ANKISYNC_GOOGLE_API_KEY=None)
+def test_with_no_voice_cards_have_no_audio(make_service, fake_tts):
+    service = make_service(ANKISYNC_GOOGLE_API_KEY=None, ANKISYNC_TTS="none")
     job, _ = service.wait(service.post_card()[1]["taskId"])
     assert job["status"] == "success", job
     assert job["result"]["audio"] is None
     assert "ANKISYNC_GOOGLE_API_KEY" in job["result"]["warning"]
     assert fake_tts.requests == []
+
+
+def test_offline_voice_without_google_reaches_a_fresh_collection(make_service, sync_server,
+                                                                account, fake_tts, tmp_path):
+    service = make_service(ANKISYNC_GOOGLE_API_KEY=None)  # ANKISYNC_TTS=auto
+    service.sync_login(account)
+    job, _ = service.wait(service.post_card()[1]["taskId"])
+    assert job["status"] == "success" and job["result"]["synced"], job
+    clips = job["result"]["audio"]
+    assert clips["word"].endswith(".wav") and clips["text"].endswith(".wav")
+    assert fake_tts.requests == []  # spoken by espeak-ng, offline
+    col = download_collection(tmp_path / "device", sync_server.url, account, "pass")
+    try:
+        note = notes_in(col)[0]
+        assert note["fields"]["TextAudio"] == f"[sound:{clips['text']}]"
+        media = Path(col.media.dir())
+        for name in clips.values():
+            data = (media / name).read_bytes()
+            assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and len(data) > 4000
+    finally:
+        col.close()
 
 
 def test_refused_tts_key_fails_the_job_with_advice(make_service, fake_tts):

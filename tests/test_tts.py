@@ -1,6 +1,7 @@
 """tts.py through the real Google client, against the local fake endpoint."""
 
 import logging
+import os
 import re
 import shutil
 import socket
@@ -246,3 +247,22 @@ def test_nothing_to_say_is_a_bad_note(fake, tmp_path):
     with pytest.raises(errors.BadNote):
         clip(fake, tmp_path, "<br> {{c1::}} &nbsp;")
     assert fake.requests == []
+
+
+def test_auto_picks_google_with_a_key_else_espeak_when_installed(monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    assert tts.choose("auto", "a-key") == "google"
+    assert tts.choose("auto", None) == ("espeak" if shutil.which("espeak-ng") else None)
+    assert tts.choose("none", "a-key") is None
+    assert tts.choose("espeak", "a-key") == "espeak"
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng") and not os.environ.get("CI"),
+                    reason="espeak-ng is not installed (CI installs it)")
+def test_espeak_speaks_wav_offline(tmp_path):
+    audio = tts.synthesize_espeak("--version is not an option here", voice="en-us", timeout=20)
+    assert audio[:4] == b"RIFF" and audio[8:12] == b"WAVE" and len(audio) > 10_000
+    name = tts.ensure_clip(tmp_path, "He told the {{c1::tale}}.", provider="espeak",
+                           voice="en-us", api_key=None, endpoint=None, timeout=20)
+    assert name.endswith(".wav") and name != tts.clip_name("He told the tale.", "en-us")
+    assert (tmp_path / name).read_bytes()[:4] == b"RIFF"
