@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import bottle
 
@@ -256,24 +257,31 @@ def refresh():
 @app.get("/api/v1/health")
 def health():
     access_claims()
-    path = db_path()
-    counts = jobs.counts(path)
+    return service_status(settings())
+
+
+def service_status(current):
+    """What a self-hoster needs to know: for /health and the status command."""
+    path = config.db_path(current)
+    stored = credentials.load(config.credentials_path(current))
+    all_jobs, last_day = jobs.counts(path), jobs.counts(path, since=time.time() - 86400)
     pid = worker_pid()
-    last_error = db.get_state(path, "last_sync_error") or None
-    stored = stored_credentials()
+    last_sync = db.get_state(path, "last_sync_at")
     return {
         "status": "ok" if pid else "degraded",
         "worker": {"alive": bool(pid), "pid": pid},
-        "queue": {status: counts.get(status, 0) for status in jobs.UNFINISHED},
-        "jobs": counts,
+        "queue": {status: all_jobs.get(status, 0) for status in jobs.UNFINISHED},
+        "jobs": all_jobs,
+        "last24h": {status: last_day.get(status, 0) for status in ("success", "failure")},
         "sync": {
             "loggedIn": "sync" in stored,
-            "endpoint": settings().sync_endpoint or config.ANKIWEB,
-            "lastSyncAt": jobs.iso(float(db.get_state(path, "last_sync_at") or 0) or None),
+            "username": stored.get("sync", {}).get("username"),
+            "endpoint": current.sync_endpoint or config.ANKIWEB,
+            "lastSyncAt": jobs.iso(float(last_sync)) if last_sync else None,
             "lastOutcome": db.get_state(path, "last_sync_outcome"),
-            "lastError": last_error,
+            "lastError": db.get_state(path, "last_sync_error") or None,
         },
-        "tts": tts.choose(settings().tts, settings().google_api_key
+        "tts": tts.choose(current.tts, current.google_api_key
                           or stored.get("google_api_key")) or "none",
     }
 
@@ -294,6 +302,7 @@ def add_cloze_note():
     if created:
         import huey_tasks
         huey_tasks.enqueue(job["id"])
+        log.info("job %s: accepted", job["id"])
     if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
         return wait_for(job["id"])
     if not created:  # the same request again: the original task, as it stands now
@@ -407,8 +416,8 @@ def worker_pid():
     """The worker's pid if it is running, else None (read from its pid file)."""
     try:
         pid = int(config.worker_pid_path(settings()).read_text())
-        os.kill(pid, 0)
-        return pid
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:  # not a reused pid
+            return pid if b"worker" in cmdline.read().split(b"\0") else None
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return None
 
@@ -500,19 +509,93 @@ def api_key_command(args):
     make_api_key()
 
 
-def setup_command(args):
+def status_command(args):
+    """The service at a glance; exit status 1 when the worker is not running."""
     current = settings()
     init_storage(current)
-    print(f"ankisync setup (data dir {current.data_dir.resolve()})", file=sys.stderr)
-    username = input("AnkiWeb username (empty to skip): ").strip()
+    info = service_status(current)
+    info["dataDir"] = {"path": str(current.data_dir.resolve()),
+                       "bytes": sum(p.stat().st_size for p in current.data_dir.rglob("*")
+                                    if p.is_file())}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0 if info["worker"]["alive"] else 1
+    sync, queue, day = info["sync"], info["queue"], info["last24h"]
+    worker = (f"running (pid {info['worker']['pid']})" if info["worker"]["alive"]
+              else "NOT RUNNING: start it with ./run.sh (or systemctl start ankisync)")
+    login = (f"logged in as {sync['username']} at {sync['endpoint']}" if sync["loggedIn"]
+             else f"not logged in: ./run.sh login USERNAME ({sync['endpoint']})")
+    last = (f"{sync['lastSyncAt']} ({sync['lastOutcome']})" if sync["lastSyncAt"] else "never")
+    lines = [
+        f"worker     {worker}",
+        f"queue      {queue['pending']} pending, {queue['started']} started,"
+        f" {queue['retrying']} retrying",
+        f"last 24 h  {day['success']} done, {day['failure']} failed"
+        + ("  (GET /api/v1/tasks?status=failure lists them)" if day["failure"] else ""),
+        f"sync       {login}",
+        f"last sync  {last}",
+        f"last error {sync['lastError'] or 'none'}",
+        f"voice      {info['tts']}",
+        f"data dir   {info['dataDir']['path']} ({info['dataDir']['bytes'] / 1e6:.1f} MB)",
+    ]
+    print("\n".join(lines))
+    return 0 if info["worker"]["alive"] else 1
+
+
+def ask(prompt, secret=False):
+    """An answer from the person at the terminal; None when there is none."""
+    if not sys.stdin.isatty():
+        return None
+    return (getpass.getpass(prompt) if secret else input(prompt)).strip() or None
+
+
+def check_voice(current, provider, key):
+    """Speak one short word now, so a bad key shows up here and not in the first card."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as scratch:
+        tts.ensure_clip(Path(scratch), "ankisync", provider=provider, api_key=key,
+                        endpoint=current.google_tts_endpoint, timeout=30,
+                        voice=current.espeak_voice if provider == "espeak" else current.tts_voice)
+
+
+def setup_command(args):
+    """Sync login, voice and API key: from flags and environment, else by asking."""
+    current = settings()
+    init_storage(current)
+    log.info("ankisync setup, data dir %s", current.data_dir.resolve())
+    username = args.username or os.environ.get("ANKISYNC_SETUP_USERNAME") or ask(
+        f"{current.sync_endpoint or config.ANKIWEB} username (empty to skip): ")
     if username:
-        do_login(username, read_password())
-    key = getpass.getpass("Google text-to-speech API key (empty to keep/skip): ").strip()
-    if key:
+        password = os.environ.get("ANKISYNC_SETUP_PASSWORD") or read_password()
+        do_login(username, password)
+
+    voice = args.tts or ask("Voice: google, espeak (offline) or none [auto]: ") or current.tts
+    if voice not in ("auto", "google", "espeak", "none"):
+        raise ConfigError(f"--tts {voice!r}: expected auto, google, espeak or none")
+    stored_key = stored_credentials().get("google_api_key")
+    key = args.google_key or current.google_api_key or stored_key
+    if voice in ("auto", "google") and not key:
+        key = ask("Google text-to-speech API key (empty to skip): ", secret=True)
+        if key is None and voice == "google":
+            raise ConfigError("--tts google needs a key: --google-key or ANKISYNC_GOOGLE_API_KEY")
+    provider = tts.choose(voice, key)
+    if provider:
+        check_voice(current, provider, key)
+        log.info("voice %s works", provider)
+    if key and key not in (current.google_api_key, stored_key):  # kept once it worked
         credentials.update(config.credentials_path(current), google_api_key=key)
-        log.info("Google TTS key stored in %s", config.credentials_path(current))
-    if input("Make a new API key for clients? [y/N] ").strip().lower().startswith("y"):
+    else:
+        log.warning("no voice: cards will be made without audio")
+    if voice != current.tts:
+        config.update_env_file(current.data_dir / ".env", ANKISYNC_TTS=voice)
+
+    have_key = "api_key_sha256" in stored_credentials()
+    new_key = args.new_api_key or not have_key or (
+        (ask("Make a new API key for clients (old tokens stop working)? [y/N] ") or "n")
+        .lower().startswith("y"))
+    if new_key:
         make_api_key()
+    log.info("setup done: start the service with ./run.sh")
 
 
 def parse_args(argv):
@@ -530,7 +613,21 @@ def parse_args(argv):
     key_parser.add_argument("--if-missing", action="store_true",
                             help="only when none exists yet (first start)")
     key_parser.set_defaults(run=api_key_command)
-    commands.add_parser("setup", help="interactive setup").set_defaults(run=setup_command)
+    setup_parser = commands.add_parser(
+        "setup", help="sync login, voice, API key: asks, or takes flags for scripts",
+        description="Each answer may come from a flag or the environment; what is"
+                    " missing is asked when a person is at the terminal, else skipped."
+                    " The password comes from ANKISYNC_SETUP_PASSWORD or stdin.")
+    setup_parser.add_argument("--username", help="sync login (or ANKISYNC_SETUP_USERNAME)")
+    setup_parser.add_argument("--tts", choices=("auto", "google", "espeak", "none"),
+                              help="voice; stored as ANKISYNC_TTS in DATA_DIR/.env")
+    setup_parser.add_argument("--google-key", help="Google TTS API key, stored in credentials")
+    setup_parser.add_argument("--new-api-key", action="store_true",
+                              help="make a new API key even if one exists")
+    setup_parser.set_defaults(run=setup_command)
+    status_parser = commands.add_parser("status", help="worker, queue, jobs, last sync")
+    status_parser.add_argument("--json", action="store_true", help="for scripts")
+    status_parser.set_defaults(run=status_command)
     return parser.parse_args(argv)
 
 
@@ -547,13 +644,12 @@ def main(argv=None):
     setup_logging()
     try:
         settings()
-        args.run(args)
+        return args.run(args) or 0
     except (AnkisyncError, ConfigError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -117,6 +117,14 @@ def read_env_file(path):
     return values
 
 
+def update_env_file(path, **values):
+    """Set NAME=value lines in a .env-style file, keeping its other lines."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = [line for line in lines if line.partition("=")[0].strip() not in values]
+    lines += [f"{name}={value}" for name, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def load(environ=None):
     """Settings from the environment, the data dir's .env file and the defaults."""
     environ = os.environ if environ is None else environ

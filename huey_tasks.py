@@ -80,11 +80,15 @@ def make_card(job_id):
         log.debug("job %s: nothing to do (cancelled, finished or not due)", job_id)
         return
     attempts = {job["id"]: job["attempts"] for job in batch}  # this run included
+    accepted = {job["id"]: job["created_at"] for job in batch}
+    for job in batch:
+        log.info("job %s: started, attempt %s, %.2fs after it was accepted",
+                 job["id"], job["attempts"], time.time() - job["created_at"])
     settled = set()
     try:
         import worker
         for job_id, error in worker.make_cards(settings, batch).items():
-            settle(job_id, error, attempts[job_id])
+            settle(job_id, error, attempts[job_id], accepted[job_id])
             settled.add(job_id)
     except TaskTimeout:
         for job in batch:
@@ -109,11 +113,11 @@ def purge_finished():
         log.info("purged %s finished jobs", count)
 
 
-def settle(job_id, error, attempts):
+def settle(job_id, error, attempts, accepted_at):
     """The one place a run's outcome becomes the job's status: done, retry, or failed."""
     if error is None:
         jobs.mark_success(DB, job_id)
-        log.info("job %s: done", job_id)
+        log.info("job %s: done, %.2fs after it was accepted", job_id, time.time() - accepted_at)
     elif isinstance(error, TransientError) and attempts < settings.max_attempts:
         delay = retry_delay(attempts)
         log.info("job %s: attempt %s failed, retrying in %gs: %s", job_id, attempts, delay, error)

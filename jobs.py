@@ -230,9 +230,11 @@ def added(path):
     return [dict(row) for row in rows]
 
 
-def counts(path):
-    """Number of jobs by status."""
-    rows = db.connect(path).execute("SELECT status, count(*) FROM ankisync_jobs GROUP BY status")
+def counts(path, since=0):
+    """Number of jobs by status: all unfinished ones, and those finished since `since`."""
+    rows = db.connect(path).execute(
+        "SELECT status, count(*) FROM ankisync_jobs WHERE completed_at IS NULL"
+        " OR completed_at >= ? GROUP BY status", (since,))
     return dict(rows.fetchall())
 
 

@@ -116,7 +116,12 @@ def make_cards(settings, batch):
     cards = {job["id"]: json.loads(job["request"]) for job in batch}
     started = time.monotonic()
     outcome = speak_all(settings, cards)
-    log.info("%s jobs: speech done in %.2fs", len(batch), time.monotonic() - started)
+    took = time.monotonic() - started
+    log.info("%s jobs: speech done in %.2fs", len(batch), took)
+    for job_id, clips in outcome.items():
+        if not isinstance(clips, Exception):
+            log.info("job %s: %s in %.2fs", job_id, "spoken" if clips else "no voice, no audio",
+                     took)
     spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
     jobs.set_step(path, spoken, "adding")
     added = []
@@ -136,9 +141,10 @@ def make_cards(settings, batch):
     if added:
         jobs.set_step(path, added, "syncing")
         try:
-            if not sync(settings):
-                log.info("%s jobs not synced: no sync login yet (python ankisync.py login USER)",
-                         len(added))
+            synced = sync(settings)
+            for job_id in added:
+                log.info("job %s: %s", job_id, "synced" if synced else
+                         "not synced: no sync login yet (python ankisync.py login USER)")
         except TaskTimeout:
             raise
         except Exception as error:
