@@ -370,13 +370,20 @@ def percentile(values, p):
 
 
 def median_of(results):
-    """Per key, the median of the numbers across runs (other values from the last run)."""
+    """Per key, the median of the numbers across runs, with their max as KEY_max.
+
+    Lists are merged (every item any run saw); other values come from the last run.
+    """
     merged = {}
     for key, value in results[-1].items():
-        numbers = [r[key] for r in results if isinstance(r.get(key), (int, float))
-                   and not isinstance(r.get(key), bool)]
-        merged[key] = statistics.median(numbers) if numbers and len(numbers) == len(results) \
-            else value
+        values = [r.get(key) for r in results]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[key] = statistics.median(values)
+            merged[f"{key}_max"] = max(values)
+        elif all(isinstance(v, list) for v in values):
+            merged[key] = sorted({item for v in values for item in v})
+        else:
+            merged[key] = value
     return merged
 
 

@@ -61,8 +61,9 @@ def pickup(service, poll=0.005):
 
 LINES = {
     "idle-cost": lambda r: (f"{r['cpu_pct']:.2f}% of one core over {r['seconds']:.0f} s idle;"
-                            f" wrote {r['write_bytes']} bytes to storage"
-                            f" ({r['wchar']} bytes in write calls, sockets included);"
+                            f" wrote {r['write_bytes']:.0f} bytes to storage"
+                            f" (most in one run: {r.get('write_bytes_max', r['write_bytes']):.0f})"
+                            f" ({r['wchar']:.0f} bytes in write calls, sockets included);"
                             f" data-dir files changed: {', '.join(r['files_changed']) or 'none'}"),
     "pickup": lambda r: (f"{r['seconds'] * 1000:.0f} ms from POST to the job started, after"
                          f" {r['idle']:.0f} s idle (the POST itself: {r['post_ms']:.1f} ms)"),

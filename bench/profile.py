@@ -118,7 +118,7 @@ def main():
         finally:
             rig.stop(service)
     print("\n# web process, one client posting (request handling):")
-    print("\n".join(summarize(out / "web.txt", "handle_request", args.top)))
+    print("\n".join(summarize(out / "web.txt", "Task.service", args.top)))
     print("\n# worker, the burst (task execution):")
     print("\n".join(summarize(out / "worker.txt", "huey_tasks.py", args.top)))
     print(f"\nraw stacks: {out}/web.txt, {out}/worker.txt")
