@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import html
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -834,25 +833,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def start(settings):
     """Serve AnkiConnect on a daemon thread; the server, or None when it cannot."""
     global _settings, _server
     _settings = settings
-    host, port = settings.ankiconnect_listen
-    if not is_loopback(host) and not settings.ankiconnect_key:
-        log.error("AnkiConnect not started: ANKISYNC_ANKICONNECT_LISTEN=%s:%s is reachable from"
-                  " other machines, so set ANKISYNC_ANKICONNECT_KEY (clients send it as"
-                  " \"key\"), or listen on 127.0.0.1", host, port)
-        return None
+    host, port = settings.ankiconnect_listen  # off loopback, config made sure of a key
     try:
         server = ThreadingHTTPServer((host, port), Handler)
     except OSError as error:

@@ -135,7 +135,7 @@ def _local_sync_marks(col: Collection) -> tuple:
 
 def sync(col: Collection, hkey: str, endpoint: str | None,
          reapply: Callable[[Collection], None], io_timeout: int = 30,
-         media_timeout: float = 120.0) -> dict:
+         media_timeout: float = 120.0, wait_media: bool = True) -> dict:
     """Sync the collection and its media; return what happened.
 
     {"outcome": "no_changes"|"normal"|"uploaded"|"downloaded",
@@ -143,7 +143,9 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
     reapply(col) re-adds what the server's copy lacks, and that goes up with
     a second normal sync. col stays open and usable in every case.
     io_timeout bounds each network wait; media_timeout the whole media sync
-    (files not sent by then go up next time).
+    (files not sent by then go up next time). With wait_media False the media
+    sync is only started: the caller waits with wait_for_media, and need not
+    keep others from the collection meanwhile.
     """
     endpoint = endpoint or None
     auth = SyncAuth(hkey=hkey, endpoint=endpoint, io_timeout_secs=io_timeout)
@@ -187,6 +189,14 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
     with _sync_errors(endpoint, col.tr):
         # media written before a full download stays on disk and goes up here
         col.sync_media(auth)
-        _wait_for_media(col, media_timeout)
+    if not wait_media:
+        return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "started"}
+    wait_for_media(col, endpoint, media_timeout)
     log.info("sync with media done in %.2f s", time.monotonic() - started)
     return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "synced"}
+
+
+def wait_for_media(col: Collection, endpoint: str | None, timeout: float = 120.0) -> None:
+    """Wait for the media sync that sync() started; its failure raised as ours."""
+    with _sync_errors(endpoint, col.tr):
+        _wait_for_media(col, timeout)

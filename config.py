@@ -6,6 +6,7 @@ stops the process with a message naming the variable, the value and its source.
 """
 
 import functools
+import ipaddress
 import os
 from collections import namedtuple
 from pathlib import Path
@@ -103,6 +104,28 @@ Settings = namedtuple("Settings", [name[len("ANKISYNC_"):].lower() for name, *_ 
                       + ["sources"])
 
 
+def is_loopback(host):
+    """Whether host is this machine only (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check(settings):
+    """Checks across settings; a ConfigError naming the variables."""
+    if settings.ankiconnect_listen and not settings.ankiconnect_key:
+        host, port = settings.ankiconnect_listen
+        if not is_loopback(host):
+            raise ConfigError(
+                f"ANKISYNC_ANKICONNECT_LISTEN={host}:{port} is reachable from other machines:"
+                " set ANKISYNC_ANKICONNECT_KEY (clients send it as \"key\"), or listen on"
+                " 127.0.0.1, or set it empty to turn AnkiConnect off")
+    return settings
+
+
 def read_env_file(path):
     """NAME=value lines of a .env-style file; blank lines and # comments skipped."""
     values = {}
@@ -145,7 +168,7 @@ def load(environ=None):
             shown = "(hidden)" if "KEY" in name else repr(raw)
             raise ConfigError(f"{name}={shown} from {source}: {error}") from None
         sources[name] = source
-    return Settings(**values, sources=sources)
+    return check(Settings(**values, sources=sources))
 
 
 @functools.cache

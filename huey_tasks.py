@@ -164,6 +164,8 @@ def start_ankiconnect():
 @huey.on_shutdown()
 def close_collection():
     """A worker stopping cleanly closes the collection it holds."""
+    if "ankiconnect" in sys.modules:
+        sys.modules["ankiconnect"].stop()
     worker = sys.modules.get("worker")
     if worker is not None:
         worker.close()

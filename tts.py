@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import urllib.parse
 
+import config
 import errors
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,7 @@ def _make_client(api_key, endpoint):
 
 
 def _is_loopback(endpoint):
-    host = urllib.parse.urlsplit(endpoint).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return config.is_loopback(urllib.parse.urlsplit(endpoint).hostname or "")
 
 
 def _translate(e, *, voice, api_key, endpoint):

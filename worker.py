@@ -29,6 +29,7 @@ _collection = None
 # Held by whoever uses the collection: the job running in the main thread, or
 # the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
 lock = threading.RLock()
+sync_lock = threading.Lock()  # one sync at a time, media included
 
 
 def collection(settings):
@@ -41,9 +42,10 @@ def collection(settings):
 
 def close():
     global _collection
-    if _collection is not None:
-        _collection.close()
-        _collection = None
+    with lock:  # an AnkiConnect action in progress finishes first
+        if _collection is not None:
+            _collection.close()
+            _collection = None
 
 
 def _call_timeout(settings):
@@ -191,10 +193,14 @@ def sync(settings):
         return False
     began = time.time()
     try:
-        with lock:
-            outcome = ankiweb.sync(collection(settings), stored["hkey"], stored["endpoint"],
-                                   reapply=lambda col: reapply(settings, col),
-                                   io_timeout=_call_timeout(settings))
+        with sync_lock:
+            with lock:
+                col = collection(settings)
+                outcome = ankiweb.sync(col, stored["hkey"], stored["endpoint"],
+                                       reapply=lambda col: reapply(settings, col),
+                                       io_timeout=_call_timeout(settings), wait_media=False)
+            # The media sync runs by itself: AnkiConnect may read meanwhile.
+            ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"])
     except Exception as error:
         db.set_state(path, last_sync_error=f"{type(error).__name__}: {error}",
                      last_sync_error_at=str(time.time()))

@@ -16,6 +16,7 @@ import pytest
 from anki.collection import Collection
 
 import config
+from errors import ConfigError
 import notes
 from anki_server import download_collection, free_port, media_files, notes_in, upload_collection
 from service import Service
@@ -379,10 +380,11 @@ def test_note_added_before_login_survives_a_full_download(make_service, account,
 def test_start_refuses_open_listen_without_key_and_busy_port(tmp_path, caplog):
     import ankiconnect
     caplog.set_level(logging.WARNING)
-    settings = config.load({"ANKISYNC_DATA_DIR": str(tmp_path),
-                            "ANKISYNC_ANKICONNECT_LISTEN": "0.0.0.0:8765"})
-    assert ankiconnect.start(settings) is None
-    assert "ANKISYNC_ANKICONNECT_KEY" in caplog.text
+    with pytest.raises(ConfigError, match="ANKISYNC_ANKICONNECT_KEY"):
+        config.load({"ANKISYNC_DATA_DIR": str(tmp_path),
+                     "ANKISYNC_ANKICONNECT_LISTEN": "0.0.0.0:8765"})
+    assert config.load({"ANKISYNC_DATA_DIR": str(tmp_path), "ANKISYNC_ANKICONNECT_KEY": "k",
+                        "ANKISYNC_ANKICONNECT_LISTEN": "0.0.0.0:8765"}).ankiconnect_key == "k"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
