@@ -293,15 +293,14 @@ def add_cloze_note():
     key = bottle.request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 200:
         raise ApiError(400, "Idempotency-Key is too long: at most 200 characters")
+    import huey_tasks
     try:
-        job, created = jobs.create(db_path(), card, key)
+        job, created = jobs.create(db_path(), card, key, enqueue=huey_tasks.enqueue_in)
     except jobs.KeyReused as error:
         raise ApiError(409, "this Idempotency-Key was already used with a different card"
                             f" (task {error}); use a new key for a new card",
                        taskId=str(error)) from None
     if created:
-        import huey_tasks
-        huey_tasks.enqueue(job["id"])
         log.info("job %s: accepted", job["id"])
     if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
         return wait_for(job["id"])
@@ -432,6 +431,7 @@ def init_storage(current):
 
 def serve(args):
     import waitress
+    auth.keep_jwt_light()
     current = settings()
     init_storage(current)
     import huey_tasks  # noqa: F401  (the queue's tables exist before the first request)
@@ -442,7 +442,7 @@ def serve(args):
         log.warning("no API key yet: make one with `python ankisync.py api-key`")
     log.info("API listening on http://%s:%s", host, port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    waitress.serve(app, host=host, port=port, threads=8, ident="ankisync",
+    waitress.serve(app, host=host, port=port, threads=16, ident="ankisync",
                    max_request_body_size=MAX_BODY * 4, _quiet=True)
 
 

@@ -10,9 +10,8 @@ replays an old refresh token.
 import hashlib
 import hmac
 import secrets
+import sys
 import time
-
-import jwt
 
 import credentials
 import db
@@ -32,6 +31,17 @@ CREATE TABLE IF NOT EXISTS ankisync_refresh_tokens (
 
 class TokenError(Exception):
     """A token that must be refused; the message is safe to show."""
+
+
+def keep_jwt_light():
+    """Keep PyJWT from loading cryptography's RSA and EC code in this process.
+
+    We sign and check HS256 only (hmac from the standard library); PyJWT
+    loads cryptography whenever it is installed (the worker's Google client
+    brings it), which costs the web process 10 MB of its ~35. Call before the
+    first token is made or checked.
+    """
+    sys.modules.setdefault("cryptography", None)
 
 
 def init(db_path):
@@ -63,6 +73,7 @@ def _token(stored, kind, ttl, jti, family=None):
               "jti": jti, "gen": stored["token_generation"]}
     if family:
         claims["fam"] = family
+    import jwt  # here, not at the top: see keep_jwt_light
     return jwt.encode(claims, stored["jwt_secret"], algorithm="HS256")
 
 
@@ -87,6 +98,7 @@ def verify(stored, token, kind):
                          " or as Authorization: Bearer <token>")
     if "jwt_secret" not in stored:
         raise TokenError("no tokens have been issued yet: log in with the API key first")
+    import jwt
     try:
         claims = jwt.decode(token, stored["jwt_secret"], algorithms=["HS256"], issuer=ISSUER,
                             leeway=LEEWAY, options={"require": ["exp", "iat", "iss", "jti"]})

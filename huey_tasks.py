@@ -175,6 +175,16 @@ def enqueue(job_id):
     make_card(job_id, id=job_id)
 
 
+def enqueue_in(conn, job_id):
+    """Enqueue the job's task inside the caller's transaction on the shared file.
+
+    What SqliteStorage.enqueue does, on our connection, so that the job row
+    and its task commit together (one fsync, and never one without the other).
+    """
+    conn.execute("INSERT INTO task (queue, data, priority) VALUES (?, ?, 0)",
+                 (huey.name, huey.serialize_task(make_card.s(job_id, id=job_id))))
+
+
 def recover():
     """Enqueue again every unfinished job that Huey no longer holds.
 

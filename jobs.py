@@ -61,16 +61,18 @@ class KeyReused(Exception):
     """An Idempotency-Key already used with another request body."""
 
 
-def create(path, request, idempotency_key=None):
+def create(path, request, idempotency_key=None, enqueue=None):
     """Store a new pending job, committed before the caller answers 202.
 
     Returns (job, created). With an idempotency key seen before, the job it
     made is returned instead (created False), unless the body differs.
+    enqueue(conn, job_id) runs in the same transaction: the job and its task
+    are written together, with one fsync shared by concurrent requests.
     """
     body = json.dumps(request, sort_keys=True)
     digest = hashlib.sha256(body.encode()).hexdigest() if idempotency_key else None
-    job_id = new_id()
-    with db.write(path) as conn:
+
+    def insert(conn):
         if idempotency_key:
             row = conn.execute("SELECT * FROM ankisync_jobs WHERE idempotency_key = ?",
                                (idempotency_key,)).fetchone()
@@ -78,12 +80,16 @@ def create(path, request, idempotency_key=None):
                 if row["request_hash"] != digest:
                     raise KeyReused(row["id"])
                 return dict(row), False
-        conn.execute(
-            "INSERT INTO ankisync_jobs (id, status, request, created_at, idempotency_key,"
-            " request_hash) VALUES (?, 'pending', ?, ?, ?, ?)",
-            (job_id, body, time.time(), idempotency_key, digest))
-        row = conn.execute("SELECT * FROM ankisync_jobs WHERE id = ?", (job_id,)).fetchone()
-    return dict(row), True
+        job = {"id": new_id(), "status": "pending", "request": body, "created_at": time.time(),
+               "idempotency_key": idempotency_key, "request_hash": digest}
+        conn.execute("INSERT INTO ankisync_jobs (id, status, request, created_at, idempotency_key,"
+                     " request_hash) VALUES (:id, :status, :request, :created_at,"
+                     " :idempotency_key, :request_hash)", job)
+        if enqueue:
+            enqueue(conn, job["id"])
+        return job, True
+
+    return db.group(path).run(insert)
 
 
 def create_done(path, kind, request, result, job_id=None):
