@@ -325,7 +325,7 @@ def wait_for(job_id):
         if job["status"] in ("success", "failure") or time.monotonic() > deadline:
             break
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
+        delay = min(delay * 1.5, 0.02)
     body = jobs.status_body(job)
     if job["status"] == "success":
         return {"status": "ok", **body["result"], "taskId": job_id, "task": body}

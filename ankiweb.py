@@ -125,7 +125,7 @@ def _wait_for_media(col: Collection, timeout: float) -> None:
                 f"the media sync did not finish within {timeout:.0f} s; "
                 "the files left go up with the next sync")
         time.sleep(pause)
-        pause = min(pause * 2, 0.2)
+        pause = min(pause * 2, 0.05)
 
 
 def _local_sync_marks(col: Collection) -> tuple:
@@ -151,12 +151,16 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
     auth = SyncAuth(hkey=hkey, endpoint=endpoint, io_timeout_secs=io_timeout)
     started = time.monotonic()
     with _sync_errors(endpoint, col.tr):
+        # Media first, so that it runs alongside the collection sync: both are
+        # mostly round trips. A full sync or a new endpoint restarts it below.
+        col.sync_media(auth)
         before = _local_sync_marks(col)
-        # sync_media=False: media is started by us once the collection is
-        # settled, so a full sync cannot abort it halfway and the wait below
-        # always waits for the right run
         out = col.sync_collection(auth, sync_media=False)
         new_endpoint = out.new_endpoint if out.HasField("new_endpoint") else None
+        restart_media = bool(new_endpoint) or out.required in (
+            SyncOutput.FULL_UPLOAD, SyncOutput.FULL_DOWNLOAD, SyncOutput.FULL_SYNC)
+        if restart_media:
+            _abort_media_sync(col)
         if new_endpoint:
             log.info("the sync server moved this account to %s", new_endpoint)
             auth.endpoint = new_endpoint
@@ -186,9 +190,10 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
                 "full download; sync Anki on another device, then retry")
     log.info("collection sync: %s in %.2f s", outcome, time.monotonic() - started)
 
-    with _sync_errors(endpoint, col.tr):
-        # media written before a full download stays on disk and goes up here
-        col.sync_media(auth)
+    if restart_media:
+        with _sync_errors(endpoint, col.tr):
+            # media written before a full download stays on disk and goes up here
+            col.sync_media(auth)
     if not wait_media:
         return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "started"}
     wait_for_media(col, endpoint, media_timeout)

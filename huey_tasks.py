@@ -65,9 +65,9 @@ def retry_delay(attempts):
     return min(settings.retry_delay * 2 ** (attempts - 1), settings.retry_max_delay)
 
 
-# Jobs made in one task: their clips are spoken in parallel and their notes go
-# up in one sync. Small enough to finish well within the task timeout.
-BATCH = 20
+# Most jobs made in one task: their clips are spoken in parallel and their
+# notes go up in one sync. Small enough to finish well within the task timeout.
+BATCH = 50
 TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); retry it, or raise"
                    " the timeout if the sync server or text-to-speech is slow")
 
@@ -75,20 +75,22 @@ TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); ret
 @huey.task(timeout=settings.task_timeout)
 def make_card(job_id):
     """Make the job's card, and those of other waiting jobs with it."""
-    batch = jobs.claim(DB, job_id, BATCH)
+    batch = started(jobs.claim(DB, job_id, BATCH))
     if not batch:
         log.debug("job %s: nothing to do (cancelled, finished or not due)", job_id)
         return
-    attempts = {job["id"]: job["attempts"] for job in batch}  # this run included
-    accepted = {job["id"]: job["created_at"] for job in batch}
-    for job in batch:
-        log.info("job %s: started, attempt %s, %.2fs after it was accepted",
-                 job["id"], job["attempts"], time.time() - job["created_at"])
+
+    def claim_more():
+        """Jobs that came meanwhile join the batch (and its one sync)."""
+        more = started(jobs.claim(DB, None, BATCH - len(batch))) if len(batch) < BATCH else []
+        batch.extend(more)
+        return more
+
     settled = set()
     try:
         import worker
-        for job_id, error in worker.make_cards(settings, batch).items():
-            settle(job_id, error, attempts[job_id], accepted[job_id])
+        for job_id, error in worker.make_cards(settings, batch, claim_more).items():
+            settle(next(job for job in batch if job["id"] == job_id), error)
             settled.add(job_id)
     except TaskTimeout:
         for job in batch:
@@ -98,6 +100,13 @@ def make_card(job_id):
                                   TIMEOUT_MESSAGE.format(settings.task_timeout))
     if time.monotonic() - _last_purge > PURGE_EVERY:
         purge_finished()
+
+
+def started(claimed):
+    for job in claimed:
+        log.info("job %s: started, attempt %s, %.2fs after it was accepted",
+                 job["id"], job["attempts"], time.time() - job["created_at"])
+    return claimed
 
 
 PURGE_EVERY = 3600
@@ -113,11 +122,13 @@ def purge_finished():
         log.info("purged %s finished jobs", count)
 
 
-def settle(job_id, error, attempts, accepted_at):
+def settle(job, error):
     """The one place a run's outcome becomes the job's status: done, retry, or failed."""
+    job_id, attempts = job["id"], job["attempts"]  # attempts counts this run
     if error is None:
         jobs.mark_success(DB, job_id)
-        log.info("job %s: done, %.2fs after it was accepted", job_id, time.time() - accepted_at)
+        log.info("job %s: done, %.2fs after it was accepted", job_id,
+                 time.time() - job["created_at"])
     elif isinstance(error, TransientError) and attempts < settings.max_attempts:
         delay = retry_delay(attempts)
         log.info("job %s: attempt %s failed, retrying in %gs: %s", job_id, attempts, delay, error)

@@ -127,24 +127,28 @@ def _update_if(path, job_id, statuses, sql, *args):
 
 
 def claim(path, job_id, limit):
-    """Start the job and up to limit - 1 other pending ones (oldest first), as one batch.
+    """Start the job and up to limit - 1 other waiting ones (oldest first), as one batch.
 
     The job itself may be pending, started (its run was lost) or retrying and
     due; the others must be pending. Returns the started jobs, the given one
-    first; empty when it was cancelled, finished or not yet due.
+    first; empty when it was cancelled, finished or not yet due. With job_id
+    None, only waiting jobs are claimed, up to limit.
     """
     now = time.time()
     start = ("UPDATE ankisync_jobs SET status = 'started', attempts = attempts + 1,"
              " step = 'speaking', started_at = coalesce(started_at, ?) WHERE id = ? AND ")
     with db.write(path) as conn:
-        if not conn.execute(start + "(status IN ('pending', 'started')"
-                            " OR status = 'retrying' AND retry_at <= ?)",
-                            (now, job_id, now + 0.5)).rowcount:  # Huey's clock may be a bit ahead
-            return []
+        ids = []
+        if job_id is not None:
+            if not conn.execute(start + "(status IN ('pending', 'started')"
+                                " OR status = 'retrying' AND retry_at <= ?)",
+                                (now, job_id, now + 0.5)).rowcount:  # Huey's clock may lead
+                return []
+            ids.append(job_id)
         others = conn.execute("SELECT id FROM ankisync_jobs WHERE status = 'pending'"
-                              " ORDER BY created_at LIMIT ?", (limit - 1,)).fetchall()
-        ids = [job_id] + [row[0] for row in others]
-        conn.executemany(start + "status = 'pending'", [(now, other) for other in ids[1:]])
+                              " ORDER BY created_at LIMIT ?", (limit - len(ids),)).fetchall()
+        conn.executemany(start + "status = 'pending'", [(now, row[0]) for row in others])
+        ids += [row[0] for row in others]
         rows = {row["id"]: dict(row) for row in conn.execute(
             f"SELECT * FROM ankisync_jobs WHERE id IN ({', '.join('?' * len(ids))})", ids)}
     return [rows[i] for i in ids]

@@ -24,7 +24,7 @@ from errors import BadNote, SyncAuthError
 
 log = logging.getLogger(__name__)
 
-TTS_IN_FLIGHT = 4  # text-to-speech requests at once: fast, yet gentle on the quota
+TTS_IN_FLIGHT = 8  # text-to-speech requests at once: fast, yet gentle on the quota
 _collection = None
 # Held by whoever uses the collection: the job running in the main thread, or
 # the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
@@ -108,22 +108,26 @@ def add(settings, col, job_id, card, audio):
     return result
 
 
-def make_cards(settings, batch):
+def make_cards(settings, batch, claim_more):
     """Speak, add and sync a batch of card jobs; {job id: None if done, else the error}.
 
-    One job's failure is its own: the others still get their notes, and all
-    notes added go up in a single sync.
+    claim_more() gives jobs that arrived while the batch was being spoken:
+    they are spoken too and join the batch. One job's failure is its own: the
+    others still get their notes, and all notes added go up in one sync.
     """
     path = config.db_path(settings)
-    cards = {job["id"]: json.loads(job["request"]) for job in batch}
-    started = time.monotonic()
-    outcome = speak_all(settings, cards)
-    took = time.monotonic() - started
-    log.info("%s jobs: speech done in %.2fs", len(batch), took)
-    for job_id, clips in outcome.items():
-        if not isinstance(clips, Exception):
-            log.info("job %s: %s in %.2fs", job_id, "spoken" if clips else "no voice, no audio",
-                     took)
+    cards, outcome, more = {}, {}, batch
+    while more:
+        started = time.monotonic()
+        new = {job["id"]: json.loads(job["request"]) for job in more}
+        outcome.update(speak_all(settings, new))
+        cards.update(new)
+        took = time.monotonic() - started
+        for job_id in new:
+            if not isinstance(outcome[job_id], Exception):
+                log.info("job %s: %s in %.2fs", job_id,
+                         "spoken" if outcome[job_id] else "no voice, no audio", took)
+        more = claim_more()
     spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
     jobs.set_step(path, spoken, "adding")
     added = []
