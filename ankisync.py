@@ -440,10 +440,15 @@ def serve(args):
         log.info("%s", line)
     if "api_key_sha256" not in stored_credentials():
         log.warning("no API key yet: make one with `python ankisync.py api-key`")
-    log.info("API listening on http://%s:%s", host, port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    waitress.serve(app, host=host, port=port, threads=16, ident="ankisync",
-                   max_request_body_size=MAX_BODY * 4, _quiet=True)
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=16, ident="ankisync",
+                                        max_request_body_size=MAX_BODY * 4)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): is ankisync already"
+                          " running? Stop it, or set ANKISYNC_LISTEN to another port") from None
+    log.info("API listening on http://%s:%s", host, port)
+    server.run()
 
 
 def run_worker(args):
@@ -631,10 +636,20 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def stderr_is_journal():
+    """Whether stderr goes to journald (JOURNAL_STREAM names it; shells may inherit it)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{status.st_dev}:{status.st_ino}" == f"{device}:{inode}"
+
+
 def setup_logging():
     level = os.environ.get("ANKISYNC_LOG_LEVEL", "INFO").upper()
     # journald stamps each line itself; elsewhere a time helps
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    stamp = "" if stderr_is_journal() else "%(asctime)s "
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                         format=stamp + "%(levelname)s %(name)s: %(message)s")
 

@@ -220,4 +220,11 @@ def worker_pid_path(settings):
 
 def ensure_data_dir(settings):
     """Create the data dir, readable by its owner only: it holds credentials."""
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = settings.data_dir
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:  # made by hand, or by someone else
+        try:
+            path.chmod(0o700)
+        except PermissionError:
+            raise ConfigError(f"{path} can be read by other users and is not ours to fix:"
+                              f" chmod 700 {path} (ANKISYNC_DATA_DIR)") from None

@@ -204,3 +204,22 @@ def test_settings_from_the_data_dir_env_file(tmp_path):
     result = Service(data).cli("serve")
     assert result.returncode == 1
     assert f"ANKISYNC_SYNC_ENDPOINT='ftp://nope' from {data / '.env'}" in result.stderr
+
+
+def test_a_port_in_use_is_named(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = Service(tmp_path / "data", ANKISYNC_LISTEN=f"127.0.0.1:{port}").cli("serve")
+    assert result.returncode == 1 and "ANKISYNC_LISTEN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_data_dir_open_to_others_is_closed(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    assert Service(data).cli("api-key").returncode == 0
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
