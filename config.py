@@ -193,7 +193,8 @@ def describe(settings):
 def reference():
     """The settings table as Markdown, for the README and --help."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{name}` | `{default}` | {help_} |" for name, default, _, help_ in SETTINGS]
+    rows += [f"| `{name}` | {f'`{default}`' if default else '(empty)'} | {help_} |"
+             for name, default, _, help_ in SETTINGS]
     return "\n".join(rows)
 
 

@@ -223,3 +223,10 @@ def test_a_data_dir_open_to_others_is_closed(tmp_path):
     os.chmod(data, 0o755)
     assert Service(data).cli("api-key").returncode == 0
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+
+
+def test_readme_lists_every_setting():
+    from pathlib import Path
+    import config
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert config.reference() in readme
