@@ -1,8 +1,8 @@
 """ankisync: an HTTP API that turns a word into an Anki cloze card with audio.
 
 This file is the web process (a Bottle app served by waitress) and the command
-line for every role. The web process validates, writes a job row, enqueues it
-and answers; the Huey worker (huey_tasks.py, worker.py) does the slow work. It
+line for every role. The web process validates, writes a job row and its queue
+task in one commit, and answers; the Huey worker (huey_tasks.py, worker.py) does the slow work. It
 never imports anki or google.cloud, so it stays small and starts fast.
 """
 
@@ -25,8 +25,8 @@ import config
 import credentials
 import db
 import jobs
-import tts
 import throttle
+import tts
 from errors import AnkisyncError, ConfigError
 
 log = logging.getLogger("ankisync")

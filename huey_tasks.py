@@ -15,9 +15,9 @@ import sys
 import time
 
 from huey import SqliteHuey
+from huey.exceptions import TaskTimeout
 from huey.registry import Message
 from huey.serializer import Serializer
-from huey.exceptions import TaskTimeout
 
 import config
 import jobs
@@ -29,6 +29,13 @@ settings = config.current()
 config.ensure_data_dir(settings)
 DB = config.db_path(settings)
 
+# Most jobs made in one task: their clips are spoken in parallel and their
+# notes go up in one sync. Small enough to finish well within the task timeout.
+BATCH = 50
+PURGE_EVERY = 3600  # seconds between purges of old finished jobs, while busy
+TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); retry it, or raise"
+                   " the timeout if the sync server or text-to-speech is slow")
+_last_purge = float("-inf")
 
 
 class JsonSerializer(Serializer):
@@ -65,13 +72,6 @@ def retry_delay(attempts):
     return min(settings.retry_delay * 2 ** (attempts - 1), settings.retry_max_delay)
 
 
-# Most jobs made in one task: their clips are spoken in parallel and their
-# notes go up in one sync. Small enough to finish well within the task timeout.
-BATCH = 50
-TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); retry it, or raise"
-                   " the timeout if the sync server or text-to-speech is slow")
-
-
 @huey.task(timeout=settings.task_timeout)
 def make_card(job_id):
     """Make the job's card, and those of other waiting jobs with it."""
@@ -89,9 +89,10 @@ def make_card(job_id):
     settled = set()
     try:
         import worker
-        for job_id, error in worker.make_cards(settings, batch, claim_more).items():
-            settle(next(job for job in batch if job["id"] == job_id), error)
-            settled.add(job_id)
+        outcomes = worker.make_cards(settings, batch, claim_more)
+        for job in batch:
+            settle(job, outcomes[job["id"]])
+            settled.add(job["id"])
     except TaskTimeout:
         for job in batch:
             if job["id"] not in settled:
@@ -103,14 +104,11 @@ def make_card(job_id):
 
 
 def started(claimed):
+    """Log the claimed jobs' start; returns them."""
     for job in claimed:
         log.info("job %s: started, attempt %s, %.2fs after it was accepted",
                  job["id"], job["attempts"], time.time() - job["created_at"])
     return claimed
-
-
-PURGE_EVERY = 3600
-_last_purge = float("-inf")
 
 
 def purge_finished():
@@ -201,10 +199,8 @@ def recover():
 
     Huey deletes a task when it starts it, so a worker killed mid-job loses
     it; the job table still says the job is owed. Run when no job is running:
-    at the start of each worker process. (A job whose web process died before
-    enqueueing it is also taken by the next batch, which claims waiting jobs
-    from the table. No periodic task does this: an idle service must not
-    write to its SD card.)
+    at the start of each worker process (Huey starts a new one when one dies).
+    No periodic task does this: an idle service must not write to its SD card.
     """
     held = {task.id for task in huey.pending()} | {task.id for task in huey.scheduled()}
     lost = [job_id for job_id in jobs.unfinished(DB) if job_id not in held]

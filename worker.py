@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TTS_IN_FLIGHT = 8  # text-to-speech requests at once: fast, yet gentle on the quota
 _collection = None
+_speakers = None  # the thread pool that speaks, made on first use
 # Held by whoever uses the collection: the job running in the main thread, or
 # the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
 lock = threading.RLock()
@@ -41,6 +42,7 @@ def collection(settings):
 
 
 def close():
+    """Close the collection (worker shutdown)."""
     global _collection
     with lock:  # an AnkiConnect action in progress finishes first
         if _collection is not None:
@@ -58,9 +60,6 @@ def google_key(settings):
     """The TTS key: from the environment or .env, else from `setup`."""
     stored = credentials.load(config.credentials_path(settings))
     return settings.google_api_key or stored.get("google_api_key")
-
-
-_speakers = None
 
 
 def speak_all(settings, cards):

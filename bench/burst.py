@@ -124,14 +124,8 @@ def add_arguments(parser):
 
 
 def main():
-    parser = common.arg_parser(__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    with common.Rig(args.rtt, args.tts_delay, args.workdir, args.keep) as rig:
-        runs = [run_once(rig, args) for _ in range(args.runs)]
-    LINES[f"burst-{args.cards}"] = burst_line
-    for name in (f"burst-{args.cards}", "async-false", "memory"):
-        common.report(name, [run[name] for run in runs], LINES[name], args.json)
+    common.main(__doc__, add_arguments, run_once,
+                lambda name: burst_line if name.startswith("burst-") else LINES[name])
 
 
 if __name__ == "__main__":

@@ -401,6 +401,17 @@ def report(name, results, line, json_path=None):
     return merged
 
 
+def main(doc, add_arguments, run_once, line_for):
+    """A measure script's whole run: parse, measure N times in one rig, print the medians."""
+    parser = arg_parser(doc.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    with Rig(args.rtt, args.tts_delay, args.workdir, args.keep) as rig:
+        runs = [run_once(rig, args) for _ in range(args.runs)]
+    for name in runs[0]:
+        report(name, [run[name] for run in runs], line_for(name), args.json)
+
+
 def machine():
     """One line about this machine, for the results."""
     mem = next((line.split()[1] for line in _read("/proc/meminfo").splitlines()

@@ -93,13 +93,7 @@ def add_arguments(parser):
 
 
 def main():
-    parser = common.arg_parser(__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    with common.Rig(args.rtt, args.tts_delay, args.workdir, args.keep) as rig:
-        runs = [run_once(rig, args) for _ in range(args.runs)]
-    for name, line in LINES.items():
-        common.report(name, [run[name] for run in runs], line, args.json)
+    common.main(__doc__, add_arguments, run_once, LINES.__getitem__)
 
 
 if __name__ == "__main__":

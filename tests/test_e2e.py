@@ -1,9 +1,12 @@
 """A card from an HTTP request to the sync server, through run.sh, the worker and real parts."""
 
+import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
+import pytest
 from anki.collection import Collection
 
 from anki_server import download_collection, media_files, notes_in, upload_collection
@@ -143,6 +146,8 @@ def test_with_no_voice_cards_have_no_audio(make_service, fake_tts):
     assert fake_tts.requests == []
 
 
+@pytest.mark.skipif(not shutil.which("espeak-ng") and not os.environ.get("CI"),
+                    reason="espeak-ng is not installed (CI installs it)")
 def test_offline_voice_without_google_reaches_a_fresh_collection(make_service, sync_server,
                                                                 account, fake_tts, tmp_path):
     service = make_service(ANKISYNC_GOOGLE_API_KEY=None)  # ANKISYNC_TTS=auto
