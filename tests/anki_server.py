@@ -106,35 +106,33 @@ def _wait_for_media(col: Collection, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def _sync_whole(col: Collection, url: str, username: str, password: str, upload: bool) -> None:
+    """Sync col with the server, taking (or giving) the whole collection when asked, then media."""
+    auth = col.sync_login(username, password, url)
+    auth.io_timeout_secs = 10
+    out = col.sync_collection(auth, sync_media=False)
+    full = SyncOutput.FULL_UPLOAD if upload else SyncOutput.FULL_DOWNLOAD
+    if out.required in (full, SyncOutput.FULL_SYNC):
+        col.close_for_full_sync()
+        col.full_upload_or_download(auth=auth, server_usn=None, upload=upload)
+        col.reopen(after_full_sync=True)
+    col.sync_media(auth)
+    _wait_for_media(col)
+
+
 def download_collection(dirpath: str | os.PathLike, url: str, username: str = "user",
                         password: str = "pass") -> Collection:
     """A fresh collection in dirpath holding the server's copy, media included."""
     Path(dirpath).mkdir(parents=True, exist_ok=True)
     col = Collection(str(Path(dirpath) / "collection.anki2"))
-    auth = col.sync_login(username, password, url)
-    auth.io_timeout_secs = 10
-    out = col.sync_collection(auth, sync_media=False)
-    if out.required in (SyncOutput.FULL_DOWNLOAD, SyncOutput.FULL_SYNC):
-        col.close_for_full_sync()
-        col.full_upload_or_download(auth=auth, server_usn=None, upload=False)
-        col.reopen(after_full_sync=True)
-    col.sync_media(auth)
-    _wait_for_media(col)
+    _sync_whole(col, url, username, password, upload=False)
     return col
 
 
 def upload_collection(col: Collection, url: str, username: str = "user",
                       password: str = "pass") -> None:
     """Make the server hold col (another client's collection), media included."""
-    auth = col.sync_login(username, password, url)
-    auth.io_timeout_secs = 10
-    out = col.sync_collection(auth, sync_media=False)
-    if out.required in (SyncOutput.FULL_UPLOAD, SyncOutput.FULL_SYNC):
-        col.close_for_full_sync()
-        col.full_upload_or_download(auth=auth, server_usn=None, upload=True)
-        col.reopen(after_full_sync=True)
-    col.sync_media(auth)
-    _wait_for_media(col)
+    _sync_whole(col, url, username, password, upload=True)
 
 
 def notes_in(col: Collection) -> list[dict]:
