@@ -135,6 +135,18 @@ def upload_collection(col: Collection, url: str, username: str = "user",
     _sync_whole(col, url, username, password, upload=True)
 
 
+def seed_other_device(dirpath: str | os.PathLike, url: str, username: str, front: str,
+                      password: str = "pass") -> None:
+    """Another device's collection, with one Basic note, put on the server first."""
+    Path(dirpath).mkdir(parents=True, exist_ok=True)
+    other = Collection(str(Path(dirpath) / "collection.anki2"))
+    note = other.new_note(other.models.by_name("Basic"))
+    note["Front"], note["Back"] = front, "kept"
+    other.add_note(note, other.decks.id("Default"))
+    upload_collection(other, url, username, password)
+    other.close()
+
+
 def notes_in(col: Collection) -> list[dict]:
     """Every note: guid, fields by name, note type name, deck name, tags."""
     notes = []

@@ -13,12 +13,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from anki.collection import Collection
 
 import config
 from errors import ConfigError
 import notes
-from anki_server import download_collection, free_port, media_files, notes_in, upload_collection
+from anki_server import download_collection, free_port, media_files, notes_in, seed_other_device
 from service import Service
 
 KEY = "test-ankiconnect-key"
@@ -353,13 +352,7 @@ def test_key_and_cors_refusals(ac):
 def test_note_added_before_login_survives_a_full_download(make_service, account, sync_server,
                                                           tmp_path):
     # another device already put notes on the server
-    (tmp_path / "other").mkdir()
-    other = Collection(str(tmp_path / "other" / "collection.anki2"))
-    note = other.new_note(other.models.by_name("Basic"))
-    note["Front"], note["Back"] = "from the phone", "x"
-    other.add_note(note, other.decks.id("Default"))
-    upload_collection(other, sync_server.url, account, "pass")
-    other.close()
+    seed_other_device(tmp_path / "other", sync_server.url, account, "from the phone")
 
     service = start_with_ankiconnect(make_service)
     ac = Client(service.ac_port)

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from anki.collection import Collection
 
-from anki_server import download_collection, media_files, notes_in, upload_collection
+from anki_server import download_collection, media_files, notes_in, seed_other_device
 from service import CARD
 
 
@@ -68,13 +67,7 @@ def test_first_sync_to_an_empty_account_uploads(service, account):
 
 def test_server_keeps_another_clients_notes_and_gains_ours(service, sync_server, account,
                                                            tmp_path):
-    (tmp_path / "other").mkdir()
-    other = Collection(str(tmp_path / "other" / "collection.anki2"))
-    note = other.new_note(other.models.by_name("Basic"))
-    note["Front"], note["Back"] = "from my phone", "kept"
-    other.add_note(note, other.decks.id("Default"))
-    upload_collection(other, sync_server.url, account, "pass")
-    other.close()
+    seed_other_device(tmp_path / "other", sync_server.url, account, "from my phone")
 
     service.sync_login(account)
     first = service.wait(service.post_card()[1]["taskId"])[0]
