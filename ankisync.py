@@ -44,8 +44,11 @@ CARD_FIELDS = {
     "englishExample": (True, 2000),
     "exampleTranslation": (False, 2000),
 }
-CLOZE = re.compile(r"\{\{c\d+::(?!\}\})(.+?)\}\}", re.S)
-CLOZE_MARK = re.compile(r"\{\{c\d+::")
+# A cloze Anki makes a card of: numbered 1 to 65535 in ASCII digits (c0, c65536
+# and other digits are no cloze to it); openapi.CLOZE_PATTERN says the same
+CLOZE = re.compile(r"\{\{c0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                   r"|655[0-2][0-9]|6553[0-5])::(?!\}\})(.+?)\}\}", re.S)
+CLOZE_MARK = re.compile(r"\{\{c[0-9]+::")
 ALLOWED_HEADERS = "content-type, x-access-token, authorization, idempotency-key"
 # Error types of a failed job -> HTTP status of a ?async=false answer
 FAILURE_STATUS = {"BadNote": 400, "TimeoutError": 504}
@@ -367,6 +370,9 @@ def task_list():
     if not 1 <= limit <= 100:
         raise ApiError(400, "limit must be a whole number from 1 to 100")
     if before is not None:
+        if not jobs.is_id(before):  # empty is absent, like status= and limit=
+            raise ApiError(400, f"before {before!r} is not a taskId: pass the 32 hex digits"
+                                " of `next`, or leave before out for the first page")
         find_job(before)
     found = jobs.recent(db_path(), status, limit + 1, before)
     page = found[:limit]

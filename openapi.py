@@ -2,16 +2,29 @@
 
 Built in code so that the card fields and their length caps come from the
 table the server validates with (ankisync.CARD_FIELDS, passed in), and the job
-statuses from jobs.STATUSES. tests/test_security.py checks it against the
-server: every route and method the app has is here, and every answer of its
-fuzz run has a status and a body this document allows.
+statuses from jobs.STATUSES. tests/test_openapi.py checks it against the
+server: every route and method the app has is here, and schemathesis, run
+against the served document, finds no request the server and this document
+judge differently and no answer this document does not allow.
 """
+
+import re
 
 import jobs
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TASK_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
            "description": "32 lowercase hex digits; anything else is an unknown task (404)"}
+# ankisync.CLOZE and CLOZE_MARK as ECMA-262 patterns (JSON Schema has no lookahead
+# in every validator): a cloze is {{cN:: with N from 1 to 65535 as Anki wants, then
+# text not starting with }}, then }}. tests/test_openapi.py holds them to the
+# server's own expressions.
+CLOZE_PATTERN = (r"\{\{c0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                 r"|655[0-2][0-9]|6553[0-5])::([^}]|\}[^}])[\s\S]*\}\}")
+CLOZE_MARK_PATTERN = r"\{\{c[0-9]+::"
+# A character Python's str.strip() keeps, which a required field needs: spelled
+# out, because \s differs between ECMA-262 and Python (\x1c-\x1f, \x85, \ufeff).
+NOT_BLANK = r"[^\t-\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 TIME = {"type": "string", "format": "date-time", "nullable": True}
 
 
@@ -40,21 +53,33 @@ BAD_BODY = {"400": _error("the body is not a JSON object, or a field is wrong"),
             "415": _error("the body is not sent as Content-Type: application/json")}
 AUTH = {"401": _error("missing, malformed, expired or revoked access token, or a refresh"
                       " token where an access token belongs")}
-THROTTLED = {"429": _json(ERROR, "too many failed attempts from this address",
-                          {"Retry-After": {"description": "seconds to wait",
-                                           "schema": {"type": "integer"}}})}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "required": True,
+                               "schema": {"type": "integer", "minimum": 0}}}
+THROTTLED = {"429": _json({"$ref": "#/components/schemas/Throttled"},
+                          "too many failed attempts from this address", RETRY_AFTER)}
 UNKNOWN_TASK = {"404": _error("no such task, or finished and forgotten (ANKISYNC_RESULT_TTL)")}
 
 
 def schemas(card_fields):
     """The components' schemas; the card from the server's own field table."""
+    def field(name, required, longest):
+        """What the server's validate_card accepts for one field."""
+        if name == "englishExample":
+            return {"type": "string", "maxLength": longest, "pattern": CLOZE_PATTERN,
+                    "description": "holds a cloze, such as He told the {{c1::extraordinary}}"
+                                   " story."}
+        rule = {"type": "string", "maxLength": longest,
+                "not": {"type": "string", "pattern": CLOZE_MARK_PATTERN},
+                "description": "no cloze markers: only englishExample may hold them"}
+        # required: not blank; optional: null or missing is empty
+        return {**rule, "pattern": NOT_BLANK} if required else {**rule, "nullable": True}
+
     card = {
         "type": "object",
         "description": "Unknown fields are ignored; a missing or null optional field is empty."
                        " englishExample must hold a cloze such as {{c1::word}}.",
         "required": [name for name, (required, _) in card_fields.items() if required],
-        "properties": {name: {"type": "string", "maxLength": longest,
-                              **({"minLength": 1} if required else {"nullable": True})}
+        "properties": {name: field(name, required, longest)
                        for name, (required, longest) in card_fields.items()},
     }
     job = {
@@ -93,16 +118,25 @@ def schemas(card_fields):
         "type": "object", "required": ["taskId", "status", "statusUrl", "createdAt"],
         "properties": {"taskId": TASK_ID, "status": {"type": "string"},
                        "statusUrl": {"type": "string"},
-                       "createdAt": {"type": "string", "format": "date-time"}},
+                       "createdAt": {"type": "string", "format": "date-time"},
+                       "message": {"type": "string",
+                                   "description": "?async=false: why it answers before the"
+                                                  " job is done"}},
     }
     return {
+        # One schema for every refusal, so that no answer matches two shapes.
         "Error": {"type": "object", "required": ["message"],
-                  "properties": {"message": {"type": "string"}}},
-        "BadCard": {"type": "object", "required": ["message", "errors"],
-                    "properties": {"message": {"type": "string"},
-                                   "errors": {"type": "object",
-                                              "description": "field name -> why it is refused",
-                                              "additionalProperties": {"type": "string"}}}},
+                  "properties": {"message": {"type": "string"},
+                                 "errors": {"type": "object",
+                                            "description": "a bad card: field name -> why it"
+                                                           " is refused",
+                                            "additionalProperties": {"type": "string"}},
+                                 "taskId": {**TASK_ID, "description": "409: the task made"
+                                            " with this Idempotency-Key"}}},
+        "Throttled": {"type": "object", "required": ["message", "retryAfter"],
+                      "properties": {"message": {"type": "string"},
+                                     "retryAfter": {"type": "integer", "minimum": 0,
+                                                    "description": "seconds, as Retry-After"}}},
         "Card": card,
         "JobStatus": job,
         "Accepted": accepted,
@@ -140,26 +174,39 @@ def schemas(card_fields):
     }
 
 
+def _link(operation_id):
+    """An OpenAPI link: the taskId of this answer, given to another operation."""
+    return {"operationId": operation_id, "parameters": {"taskId": "$response.body#/taskId"}}
+
+
+TASK_LINKS = {"status": _link("getTask"), "cancel": _link("cancelTask"),
+              "retry": _link("retryTask")}
+# Optional query parameters the server reads as absent when sent empty (?before=)
+EMPTY_IS_ABSENT = {"required": False, "allowEmptyValue": True}
+
+
 def operations(max_body):
     """path -> method -> operation, for every route the app has but the preflights."""
     secured = [{"accessToken": []}, {"bearer": []}]
     task = {"name": "taskId", "in": "path", "required": True, "schema": TASK_ID}
     return {
         "/": {"get": {
-            "summary": "is the server up", "security": [],
+            "operationId": "index", "summary": "is the server up", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status"],
                                         "properties": {"status": {"type": "string"}}}, "up")}}},
         "/api/v1/openapi.json": {"get": {
-            "summary": "this document", "security": [],
+            "operationId": "openapi", "summary": "this document", "security": [],
             "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
         "/api/v1/login": {"post": {
-            "summary": "trade the API key for a pair of tokens", "security": [],
+            "operationId": "login", "summary": "trade the API key for a pair of tokens",
+            "security": [],
             "requestBody": _body({"type": "object", "required": ["key"],
                                   "properties": {"key": {"type": "string"}}}, max_body),
             "responses": {"201": _json(_ref("Tokens"), "the tokens"), **BAD_BODY,
                           "401": _error("no key sent"), "403": _error("wrong key"),
                           **THROTTLED}}},
         "/api/v1/refresh": {"post": {
+            "operationId": "refresh",
             "summary": "trade a refresh token for a new pair (each works once)", "security": [],
             "requestBody": _body({"type": "object", "required": ["refreshToken"],
                                   "properties": {"refreshToken": {"type": "string"}}}, max_body),
@@ -168,10 +215,12 @@ def operations(max_body):
                                         " before (which revokes the whole login)"),
                           **THROTTLED}}},
         "/api/v1/health": {"get": {
-            "summary": "worker, queue and sync state", "security": secured,
+            "operationId": "health", "summary": "worker, queue and sync state",
+            "security": secured,
             "responses": {"200": _json(_ref("Health"), "the state"), **AUTH}}},
         "/api/v1/clozeNotes": {"post": {
-            "summary": "make a cloze card (in the background)", "security": secured,
+            "operationId": "addClozeNote", "summary": "make a cloze card (in the background)",
+            "security": secured,
             "parameters": [
                 {"name": "async", "in": "query", "required": False,
                  "description": "false, 0 or no: wait for the job and answer its outcome",
@@ -182,38 +231,51 @@ def operations(max_body):
                  "schema": {"type": "string", "maxLength": 200}}],
             "requestBody": _body(_ref("Card"), max_body),
             "responses": {
-                "202": _json(_ref("Accepted"), "the job is queued: poll statusUrl",
-                             {"Location": {"schema": {"type": "string"},
-                                           "description": "the statusUrl"}}),
-                "200": _json({"oneOf": [_ref("Replayed"), _ref("Finished")]},
-                             "the task of an earlier request with this Idempotency-Key, or"
-                             " with ?async=false the finished job"),
-                "400": _json({"oneOf": [_ref("BadCard"), ERROR, _ref("Finished")]},
+                "202": {**_json(_ref("Accepted"), "the job is queued: poll statusUrl (with"
+                                " ?async=false: the job is not finished yet, because it is"
+                                " being retried or too many requests already wait)",
+                                {"Location": {"schema": {"type": "string"},
+                                              "description": "the statusUrl"}}),
+                        "links": TASK_LINKS},
+                "200": {**_json({"oneOf": [_ref("Replayed"), _ref("Finished")]},
+                                "the task of an earlier request with this Idempotency-Key, or"
+                                " with ?async=false the finished job"),
+                        "links": TASK_LINKS},
+                "400": _json({"anyOf": [ERROR, _ref("Finished")]},
                              "a bad card (each bad field named in errors), a bad body, or"
-                             " with ?async=false a note Anki refused"),
+                             " with ?async=false a note Anki refused (the Finished fields)"),
                 **AUTH,
                 "409": _error("this Idempotency-Key was used with another card"),
                 "413": BAD_BODY["413"], "415": BAD_BODY["415"],
+                "429": _json(_ref("Throttled"), "too many cards from this login in a short"
+                             " time, or too many waiting: try again later", RETRY_AFTER),
                 "502": _json(_ref("Finished"), "?async=false: the job failed"),
-                "504": _json(_ref("Finished"), "?async=false: the job timed out")}}},
+                "504": _json(_ref("Finished"), "?async=false: the job timed out"),
+                "507": _error("the disk is full: the card was not stored")}}},
         "/api/v1/tasks": {"get": {
-            "summary": "recent tasks, newest first", "security": secured,
+            "operationId": "listTasks", "summary": "recent tasks, newest first",
+            "security": secured,
             "parameters": [
-                {"name": "status", "in": "query", "required": False,
+                {"name": "status", "in": "query", **EMPTY_IS_ABSENT,
+                 "description": "only tasks in this state; empty: all",
                  "schema": {"type": "string", "enum": list(jobs.STATUSES)}},
-                {"name": "limit", "in": "query", "required": False,
+                {"name": "limit", "in": "query", **EMPTY_IS_ABSENT,
+                 "description": "tasks per page; empty: 20",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                {"name": "before", "in": "query", "required": False,
-                 "description": "a taskId from `next`: the page after it", "schema": TASK_ID}],
+                {"name": "before", "in": "query", **EMPTY_IS_ABSENT,
+                 "description": "a taskId from `next`: the page after it; empty: the first page",
+                 "schema": TASK_ID}],
             "responses": {"200": _json(_ref("TaskList"), "a page of tasks"),
-                          "400": _error("bad status or limit"), **AUTH,
+                          "400": _error("bad status, limit or before"), **AUTH,
                           "404": _error("the before task is unknown")}}},
         "/api/v1/tasks/{taskId}": {
             "parameters": [task],
-            "get": {"summary": "a task's status", "security": secured,
+            "get": {"operationId": "getTask", "summary": "a task's status",
+                    "security": secured,
                     "responses": {"200": _json(_ref("JobStatus"), "the task"), **AUTH,
                                   **UNKNOWN_TASK}},
-            "delete": {"summary": "cancel a task that has not started", "security": secured,
+            "delete": {"operationId": "cancelTask", "summary": "cancel a task that has not"
+                       " started", "security": secured,
                        "responses": {
                            "200": _json(_ref("JobStatus"),
                                         "cancelled: status failure, error type Cancelled"),
@@ -221,19 +283,35 @@ def operations(max_body):
                            "409": _error("the task has started or finished")}}},
         "/api/v1/tasks/{taskId}/retry": {
             "parameters": [task],
-            "post": {"summary": "run a failed task again", "security": secured,
+            "post": {"operationId": "retryTask", "summary": "run a failed task again",
+                     "security": secured,
                      "responses": {"202": _json(_ref("JobStatus"), "queued again"), **AUTH,
                                    **UNKNOWN_TASK, "409": _error("the task has not failed")}}},
     }
 
 
-def preflight():
-    return {"summary": "CORS preflight", "security": [],
-            "responses": {"204": {"description": "the allowed methods and headers",
-                                  "headers": {name: {"schema": {"type": "string"}} for name in (
-                                      "Access-Control-Allow-Origin",
-                                      "Access-Control-Allow-Methods",
-                                      "Access-Control-Allow-Headers")}}}}
+def preflight(path):
+    """A CORS preflight: answered for the route, whatever task id is in the path, so
+    that a browser goes on to the real request and can read its JSON 404."""
+    headers = {name: {"required": name != "Access-Control-Allow-Origin",
+                      "schema": {"type": "string"}}
+               for name in ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
+                            "Access-Control-Allow-Headers")}
+    operation = {"operationId": "preflight" + "".join(
+                     word[:1].upper() + word[1:] for word in re.split(r"[^A-Za-z]+", path[8:])),
+                 "summary": "CORS preflight", "security": [],
+                 "responses": {"204": {"description": "the allowed methods and headers",
+                                       "headers": headers}}}
+    if "{taskId}" in path:
+        operation["parameters"] = [{
+            "name": "taskId", "in": "path", "required": True,
+            "description": "any path segment: the id is not looked at",
+            "schema": {"type": "string", "pattern": "^[^/]+$"}}]
+        operation["responses"]["404"] = _error("no such route (a taskId with a slash)")
+    return operation
+
+
+HOST_REFUSED = "the Host header is not a name this server answers to (DNS rebinding guard)"
 
 
 def document(card_fields, max_body):
@@ -241,7 +319,16 @@ def document(card_fields, max_body):
     paths = operations(max_body)
     for path, item in paths.items():
         if path.startswith("/api/v1/"):
-            item["options"] = preflight()
+            item["options"] = preflight(path)
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            answers = operation["responses"]
+            if "403" in answers:  # login's wrong key
+                answers["403"] = _error(f"{answers['403']['description']}; or {HOST_REFUSED}")
+            else:
+                answers["403"] = _error(HOST_REFUSED)
+            answers.setdefault("413", BAD_BODY["413"])
     return {
         "openapi": "3.0.3",
         "info": {"title": "ankisync", "version": "1",
