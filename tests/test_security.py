@@ -13,10 +13,11 @@ import time
 
 import pytest
 
+import ankisync
 import throttle
 from anki_server import SyncServer
 from conftest import GOOGLE_KEY
-from service import Service
+from service import CARD, Service
 
 JSON = "application/json"
 
