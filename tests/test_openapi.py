@@ -170,6 +170,22 @@ def test_an_empty_before_is_the_first_page_and_a_malformed_one_is_refused(api, t
     assert status == 404, body
 
 
+def test_a_preflight_is_answered_whatever_the_task_id(api, token):
+    """A browser's preflight passes for any id, so the page then reads the real
+    request's JSON 404; the document says so for OPTIONS (not GET's id pattern)."""
+    for path in ("/api/v1/tasks/%C2%84", "/api/v1/tasks/nonsense/retry"):
+        status, _, _ = send(api, "OPTIONS", path)
+        assert status == 204, path
+        method = "POST" if path.endswith("/retry") else "GET"
+        status, headers, body = send(api, method, path, token=token)
+        assert status == 404 and headers["Content-Type"] == JSON and "no task" in body["message"]
+    paths = served_document(api)["paths"]
+    for template in ("/api/v1/tasks/{taskId}", "/api/v1/tasks/{taskId}/retry"):
+        [parameter] = paths[template]["options"]["parameters"]
+        assert parameter["name"] == "taskId" and parameter["schema"]["pattern"] == "^[^/]+$"
+        assert "404" in paths[template]["options"]["responses"]
+
+
 # --- schemathesis against the served document --------------------------------------
 
 def schemathesis_run(service, token, workdir):
