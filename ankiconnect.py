@@ -1086,7 +1086,7 @@ class Handler(BaseHTTPRequestHandler):
                      len(body), length)
             self.close_connection = True
             return None
-        return bytes(body)
+        return body  # json.loads takes a bytearray: no second copy
 
     def do_OPTIONS(self):
         allowed, _, shown = self._cors()

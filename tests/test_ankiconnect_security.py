@@ -115,6 +115,7 @@ def test_media_names_stay_in_the_media_folder(door):
     ac = Client(door.ac_port)
     credentials = door.data_dir / "credentials.json"
     before = credentials.read_bytes()
+    ac("storeMediaFile", filename="keep.mp3", data=base64.b64encode(b"kept").decode())
     media = media_folder(door)
     (media / "inside-link.json").symlink_to(credentials)  # planted by whoever could write there
     names = ["../credentials.json", str(credentials), "credentials.json\0.png",
@@ -123,7 +124,6 @@ def test_media_names_stay_in_the_media_folder(door):
         assert ac("retrieveMediaFile", filename=name) is False, name
         ac.raw("deleteMediaFile", filename=name)
     assert credentials.read_bytes() == before
-    ac("storeMediaFile", filename="keep.mp3", data=base64.b64encode(b"kept").decode())
     assert ac("retrieveMediaFile", filename="keep.mp3") == base64.b64encode(b"kept").decode()
     ac("deleteMediaFile", filename="keep.mp3")
     assert ac("retrieveMediaFile", filename="keep.mp3") is False
