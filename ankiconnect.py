@@ -393,7 +393,11 @@ def _read_path(path):
     except OSError:
         raise ActionError(f"cannot read {path}: no such file, or not readable") from None
     with os.fdopen(fd, "rb") as file:
-        if not _readable(os.readlink(f"/proc/self/fd/{fd}")):
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: cannot tell what was opened
+            raise refused from None
+        if not _readable(opened):
             raise refused
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -543,6 +543,13 @@ def status_command(args):
     login = (f"logged in as {sync['username']} at {sync['endpoint']}" if sync["loggedIn"]
              else f"not logged in: ./run.sh login USERNAME ({sync['endpoint']})")
     last = (f"{sync['lastSyncAt']} ({sync['lastOutcome']})" if sync["lastSyncAt"] else "never")
+    who = ("key required" if connect["keyRequired"]
+           else "no key: only this user's programs on this machine")
+    ankiconnect = {"off": "off (ANKISYNC_ANKICONNECT_LISTEN is empty)",
+                   "listening": f"on http://{connect['listen']}, {who}",
+                   "starting": f"starting on {connect['listen']}",
+                   "stopped": "not serving: the worker is not running",
+                   }.get(connect["state"], f"NOT SERVING: {connect['problem']}")
     lines = [
         f"worker     {worker}",
         f"queue      {queue['pending']} pending, {queue['started']} started,"
@@ -553,13 +560,7 @@ def status_command(args):
         f"last sync  {last}",
         f"last error {sync['lastError'] or 'none'}",
         f"voice      {info['tts']}",
-        "ankiconnect " + {"off": "off (ANKISYNC_ANKICONNECT_LISTEN is empty)",
-                          "listening": f"on http://{connect['listen']}, " + (
-                              "key required" if connect["keyRequired"] else
-                              "no key: only this user's programs on this machine"),
-                          "starting": f"starting on {connect['listen']}",
-                          "stopped": "not running (the worker is not running)",
-                          }.get(connect["state"], f"NOT SERVING: {connect['problem']}"),
+        f"ankiconnect {ankiconnect}",
         f"data dir   {info['dataDir']['path']} ({info['dataDir']['bytes'] / 1e6:.1f} MB)",
     ]
     print("\n".join(lines))
