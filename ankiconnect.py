@@ -10,6 +10,11 @@ that match on them keep working.
 A note added here is recorded as a finished job of kind "ankiconnect" (its
 guid derives from the job id), so the next sync marks it synced and a full
 download re-adds it (`readd`). Each add queues one AnkiWeb sync, coalesced.
+
+The service runs all the time, unlike the add-on, so its door is narrower:
+without a key only the user running ankisync may call (the caller's socket
+owner, from /proc/net/tcp); media `path`s come only from folders the user
+named and `url`s only from public addresses (or ones the user allowed).
 """
 
 import base64
@@ -53,9 +58,12 @@ log = logging.getLogger(__name__)
 
 API_VERSION = 6
 # The add-on has no limit; 32 MB is the base64 of a 24 MB file, far above the
-# audio clips and pictures clients send, and eight such requests at once stay
-# within a Pi's memory (64 MB bodies took the worker to 1.7 GB).
+# audio clips and pictures clients send. A body costs about three times its size
+# while parsed and decoded, so big ones are also served only BIG_AT_ONCE at a
+# time (eight 64 MB bodies at once took the worker to 1.7 GB).
 MAX_BODY = 32 * 1024 * 1024
+BIG_BODY = 1024 * 1024            # bodies above this are served BIG_AT_ONCE at a time
+BIG_AT_ONCE = 2
 MAX_REFUSED_BODY = 64 * 1024      # a refused origin's body is read only to answer requestPermission
 MAX_DOWNLOAD = 32 * 1024 * 1024   # media fetched by url or read from a path
 DOWNLOAD_TIMEOUT = 10             # seconds per network read, as the add-on's webTimeout
@@ -999,6 +1007,7 @@ class Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self.keys = throttle.Throttle()  # failed keys per address (per user on loopback)
+        self.big_bodies = threading.BoundedSemaphore(BIG_AT_ONCE)
 
     def handle_error(self, request, client_address):
         # one short line for a client gone mid-request, a traceback for the rest
@@ -1115,9 +1124,25 @@ class Handler(BaseHTTPRequestHandler):
         unit, refusal = self._caller()
         if refusal:
             return self._refuse(403, refusal, shown)
-        keys = self.server.keys
-        if _settings.ankiconnect_key and keys.wait(unit):
+        if _settings.ankiconnect_key and self.server.keys.wait(unit):
             return self._refuse(200, "valid api key must be provided", shown)
+        if length <= BIG_BODY:
+            return self._answer(length, unit, allowed, origin, shown)
+        # big bodies a few at a time: each costs several times its size in memory
+        big = self.server.big_bodies
+        if not big.acquire(blocking=False):
+            log.info("AnkiConnect: %s waits: %d big requests are being served",
+                     self.client_address[0], BIG_AT_ONCE)
+            if not big.acquire(timeout=READ_TIMEOUT):
+                return self._refuse(503, "busy: too many large requests at once; try again", shown)
+        try:
+            self._answer(length, unit, allowed, origin, shown)
+        finally:
+            big.release()
+
+    def _answer(self, length, unit, allowed, origin, shown):
+        """Read the body and answer it."""
+        keys = self.server.keys
         body = self._body(length)
         if body is None:
             return

