@@ -281,7 +281,10 @@ def _cut(guard, live):
     """
     with guard:
         for fd in live:
-            sock = socket.socket(fileno=fd)
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # closed already
+                continue
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -340,7 +343,8 @@ def _get(url, deadline):
         if time.monotonic() >= deadline:  # cut off: what came is not the whole file
             raise TimeoutError
         return "body", bytes(data)
-    except (OSError, http.client.HTTPException) as error:
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        # ValueError: a name or path http.client cannot send (InvalidURL, bad IDNA)
         if time.monotonic() >= deadline:
             raise ActionError(f"{url} download failed: it took longer than"
                               f" {_settings.ankiconnect_url_timeout:g} s") from None
