@@ -10,23 +10,35 @@ that match on them keep working.
 A note added here is recorded as a finished job of kind "ankiconnect" (its
 guid derives from the job id), so the next sync marks it synced and a full
 download re-adds it (`readd`). Each add queues one AnkiWeb sync, coalesced.
+
+The service runs all the time, unlike the add-on, so its door is narrower:
+without a key only the user running ankisync may call (the kernel says who
+owns the caller's socket); media `path`s come only from folders the user
+named and `url`s only from public addresses (or ones the user allowed).
 """
 
 import base64
 import binascii
+import errno
 import fnmatch
 import functools
 import hashlib
 import hmac
 import html
+import http.client
 import inspect
+import ipaddress
 import json
 import logging
 import os
+import socket
+import stat
+import struct
+import sys
 import threading
+import time
 import unicodedata
-import urllib.error
-import urllib.request
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anki.collection  # noqa: F401 (first: anki's own modules need this import order)
@@ -40,14 +52,28 @@ import db
 import errors
 import jobs
 import notes
+import throttle
 import worker
 
 log = logging.getLogger(__name__)
 
 API_VERSION = 6
-MAX_BODY = 64 * 1024 * 1024       # a request with a few base64 pictures fits
-MAX_DOWNLOAD = 32 * 1024 * 1024   # media fetched by url
-DOWNLOAD_TIMEOUT = 10             # seconds, as the add-on's webTimeout
+# The add-on has no limit; 32 MB is the base64 of a 24 MB file, far above the
+# audio clips and pictures clients send. A body costs about three times its size
+# while parsed and decoded, so big ones are also served only BIG_AT_ONCE at a
+# time (eight 64 MB bodies at once took the worker to 1.7 GB).
+MAX_BODY = 32 * 1024 * 1024
+BIG_BODY = 1024 * 1024            # bodies above this are served BIG_AT_ONCE at a time
+BIG_AT_ONCE = 2
+MAX_REFUSED_BODY = 64 * 1024      # a refused origin's body is read only to answer requestPermission
+MAX_DOWNLOAD = 32 * 1024 * 1024   # media fetched by url or read from a path
+DOWNLOAD_TIMEOUT = 10             # seconds per network read, as the add-on's webTimeout
+MAX_REDIRECTS = 5
+READ_TIMEOUT = 30                 # seconds a client may stay silent mid-request
+# Never a media source, whatever the folders allowed: our secrets and the kernel's.
+NEVER_READ = ("/proc", "/sys", "/dev")
+# Cloud metadata services: a fetch there hands out the machine's cloud credentials.
+METADATA = (ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"))
 MEDIA_KINDS = ("audio", "video", "picture")
 
 _settings = None  # the worker's settings, set by start()
@@ -209,20 +235,189 @@ def _checked_note(col, request):
 
 # --- media -------------------------------------------------------------------
 
-def _download(url):
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ActionError(f"{url} is not an http:// or https:// URL")
-    request = urllib.request.Request(url, headers={"User-Agent": "ankisync-ankiconnect"})
+def _refuse_url(url, why):
+    return ActionError(f"url is not allowed: {url}: {why}")
+
+
+def _public(ip):
+    """Whether an address is on the public internet (not this machine, the LAN, a cloud's metadata)."""
+    if ip.version == 6:
+        # an IPv4 address carried inside IPv6 is judged as itself
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo or (None, None))[1]
+        if ip in ipaddress.ip_network("64:ff9b::/96"):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _public(embedded):
+            return False
+    return ip.is_global and not ip.is_multicast and ip not in METADATA
+
+
+def _target(url, parts):
+    """The one address a URL's host resolves to, checked; connecting to it (not to
+    the name again) leaves no room for a DNS answer that changes in between."""
+    host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    allowed = _settings.ankiconnect_url_allow
     try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as answer:
-            data = answer.read(MAX_DOWNLOAD + 1)
-    except urllib.error.HTTPError as error:
-        raise ActionError(f"{url} download failed with return code {error.code}") from None
-    except (OSError, ValueError) as error:
-        raise ActionError(f"{url} download failed: {error}") from None
-    if len(data) > MAX_DOWNLOAD:
-        raise ActionError(f"{url} download failed: larger than {MAX_DOWNLOAD // 2**20} MB")
-    return data
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ActionError(f"{url} download failed: cannot find the host {host}") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in found]
+    for ip in addresses:
+        if host.lower().rstrip(".") in allowed or any(
+                ip.version == entry.version and ip in entry
+                for entry in allowed if not isinstance(entry, str)):
+            continue
+        if not _public(ip):
+            raise _refuse_url(url, "it is on this machine or a private network; to fetch"
+                              f" from it, add {host} to ANKISYNC_ANKICONNECT_URL_ALLOW")
+    return str(addresses[0]), port
+
+
+def _cut(guard, live):
+    """Hang up a download that ran out of time, waking the thread that reads it.
+
+    By file descriptor: TLS wraps the socket object in a new one on the same
+    descriptor, and the response keeps reading after the connection object
+    let go of it. `live` is emptied (under `guard`) before the socket closes.
+    """
+    with guard:
+        for fd in live:
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # closed already
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.detach()
+
+
+def _get(url, deadline):
+    """One GET: ("redirect", next URL) or ("body", bytes)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise ActionError(f"{url} is not an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ActionError(f"{url} is not an http:// or https:// URL")
+    address, port = _target(url, parts)
+    left = deadline - time.monotonic()
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname, port, timeout=max(0.1, min(DOWNLOAD_TIMEOUT, left)))
+    guard, live = threading.Lock(), []
+
+    def connect(_, timeout, source=None):
+        # the checked address, never a second lookup (Host header and TLS keep the name)
+        sock = socket.create_connection((address, port), timeout, source)
+        with guard:
+            live.append(sock.fileno())
+        return sock
+
+    connection._create_connection = connect
+    # the total deadline: a server dripping a byte at a time is cut off all the same
+    timer = threading.Timer(max(0.0, left), _cut, [guard, live])
+    timer.daemon = True
+    timer.start()
+    answer = None
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("GET", path, headers={"User-Agent": "ankisync-ankiconnect"})
+        answer = connection.getresponse()
+        location = answer.getheader("Location")
+        if answer.status in (301, 302, 303, 307, 308) and location:
+            return "redirect", urllib.parse.urljoin(url, location)
+        if answer.status != 200:
+            raise ActionError(f"{url} download failed with return code {answer.status}")
+        declared = answer.getheader("Content-Length") or ""
+        data = bytearray()
+        if not (declared.isdigit() and int(declared) > MAX_DOWNLOAD):
+            while len(data) <= MAX_DOWNLOAD:
+                chunk = answer.read1(64 * 1024)
+                if not chunk:
+                    break
+                data += chunk
+        if len(data) > MAX_DOWNLOAD or declared.isdigit() and int(declared) > MAX_DOWNLOAD:
+            raise ActionError(f"{url} download failed: larger than {MAX_DOWNLOAD // 2**20} MB")
+        if time.monotonic() >= deadline:  # cut off: what came is not the whole file
+            raise TimeoutError
+        return "body", bytes(data)
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        # ValueError: a name or path http.client cannot send (InvalidURL, bad IDNA)
+        if time.monotonic() >= deadline:
+            raise ActionError(f"{url} download failed: it took longer than"
+                              f" {_settings.ankiconnect_url_timeout:g} s") from None
+        raise ActionError(f"{url} download failed: {type(error).__name__}") from None
+    finally:
+        with guard:
+            live.clear()
+        timer.cancel()
+        if answer is not None:
+            answer.close()
+        connection.close()
+
+
+def _download(url):
+    """A media file by URL: http(s) to public addresses (or ANKISYNC_ANKICONNECT_URL_ALLOW),
+    redirects checked the same way, bounded in time and size."""
+    if not isinstance(url, str):
+        raise ActionError(f"{url} is not an http:// or https:// URL")
+    deadline = time.monotonic() + _settings.ankiconnect_url_timeout
+    asked = url
+    for _ in range(MAX_REDIRECTS + 1):
+        kind, value = _get(url, deadline)
+        if kind == "body":
+            return value
+        url = value
+    raise ActionError(f"{asked} download failed: more than {MAX_REDIRECTS} redirects")
+
+
+def _inside(path, folder):
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _readable(real):
+    """Whether a resolved path is in a folder the user named and outside our own files."""
+    if any(_inside(real, never) for never in NEVER_READ):
+        return False
+    if _inside(real, os.path.realpath(_settings.data_dir)):
+        return False
+    return any(_inside(real, os.path.realpath(folder)) for folder in _settings.ankiconnect_paths)
+
+
+def _read_path(path):
+    """A local file's bytes, if it lies in ANKISYNC_ANKICONNECT_PATHS.
+
+    The answer is the same whether a refused path exists or not, and the file
+    opened is checked again (a symlink swapped in after the first check).
+    """
+    refused = ActionError(f"path is not allowed: {path}: AnkiConnect reads files only from the"
+                          " folders in ANKISYNC_ANKICONNECT_PATHS; set it to the folders your"
+                          " tools save media in, or send the file as \"data\"")
+    if not isinstance(path, str) or "\0" in path or not os.path.isabs(path):
+        raise refused
+    real = os.path.realpath(path)
+    if not _readable(real):
+        raise refused
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        raise ActionError(f"cannot read {path}: no such file, or not readable") from None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: cannot tell what was opened
+            raise refused from None
+        if not _readable(opened):
+            raise refused
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ActionError(f"cannot read {path}: not a file")
+        if info.st_size > MAX_DOWNLOAD:
+            raise ActionError(f"cannot read {path}: larger than {MAX_DOWNLOAD // 2**20} MB")
+        return file.read(MAX_DOWNLOAD)
 
 
 def _media_bytes(data=None, path=None, url=None):
@@ -233,11 +428,7 @@ def _media_bytes(data=None, path=None, url=None):
         except (binascii.Error, ValueError, TypeError) as error:
             raise ActionError(f"media data is not valid base64: {error}") from None
     if path:
-        try:
-            with open(path, "rb") as file:
-                return file.read()
-        except OSError as error:
-            raise ActionError(f"cannot read {path}: {error.strerror}") from None
+        return _read_path(path)
     if url:
         return _download(url)
     raise ActionError('You must provide a "data", "path", or "url" field.')
@@ -249,7 +440,8 @@ def _store(col, filename, content, skip_hash=None, delete_existing=True):
         raise ActionError("filename must be a non-empty string")
     if skip_hash is not None and hashlib.md5(content).hexdigest() == skip_hash:
         return None
-    if delete_existing:
+    if delete_existing and _media_name(filename) == filename:
+        # a name with a folder in it is flattened by write_data: nothing to replace
         col.media.trash_files([filename])
     # write_data renames when another file already has the name
     return col.media.write_data(filename, content)
@@ -602,10 +794,28 @@ def storeMediaFile(filename, data=None, path=None, url=None, skipHash=None, dele
         return _store(_collection(), filename, content, skipHash, deleteExisting)
 
 
+def _media_name(filename):
+    """A file name of the media folder, as the add-on takes it (the last part), or None."""
+    if not isinstance(filename, str) or "\0" in filename:
+        return None
+    name = unicodedata.normalize("NFC", os.path.basename(filename))
+    return None if name in ("", ".", "..") else name
+
+
+def _media_path(col, filename):
+    """The media file's real path if it is a file right in the media folder, else None."""
+    name = _media_name(filename)
+    folder = os.path.realpath(col.media.dir())
+    real = os.path.realpath(os.path.join(folder, name)) if name else None
+    if real is None or os.path.dirname(real) != folder or not os.path.isfile(real):
+        return None  # a symlink out of the folder counts as no file
+    return real
+
+
 @collection_action
 def retrieveMediaFile(col, filename):
-    path = os.path.join(col.media.dir(), unicodedata.normalize("NFC", os.path.basename(filename)))
-    if not os.path.isfile(path):
+    path = _media_path(col, filename)
+    if path is None:
         return False
     with open(path, "rb") as file:
         return base64.b64encode(file.read()).decode("ascii")
@@ -620,7 +830,8 @@ def getMediaFilesNames(col, pattern="*"):
 
 @collection_action
 def deleteMediaFile(col, filename):
-    col.media.trash_files([filename])
+    if _media_path(col, filename) is not None:
+        col.media.trash_files([_media_name(filename)])
 
 
 @collection_action
@@ -756,8 +967,111 @@ def origin_allowed(origin, allowlist):
     return False
 
 
+SOCK_DIAG_BY_FAMILY = 20  # linux/sock_diag.h: ask the kernel about one socket
+NLMSG_ERROR = 2
+
+
+def _diag_uid(family, client, server):
+    """The owner of the TCP socket client -> server, asked of the kernel by netlink
+    (NETLINK_SOCK_DIAG, an exact lookup: ~20 µs). None when there is no such
+    socket here; OSError when this kernel cannot answer."""
+    def address(ip):
+        packed = socket.inet_pton(family, ip)
+        return packed + bytes(16 - len(packed))
+    # struct inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid:
+    # ports and addresses in network order, interface, cookie (none)
+    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    request += struct.pack("!HH16s16s", client[1], server[1], address(client[0]),
+                           address(server[0]))
+    request += struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    # struct nlmsghdr: length, type, flags (NLM_F_REQUEST), sequence, port id
+    message = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 1, 1, 0) + request
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as netlink:  # NETLINK_SOCK_DIAG
+        netlink.settimeout(1)
+        netlink.sendto(message, (0, 0))
+        answer = netlink.recv(8192)
+    kind = struct.unpack_from("=H", answer, 4)[0]
+    if kind == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", answer, 16)[0]
+        if code == errno.ENOENT:
+            return None
+        raise OSError(code, os.strerror(code))
+    # struct inet_diag_msg: 4 bytes, the 48-byte sockid, expires, rqueue, wqueue, uid
+    return struct.unpack_from("=I", answer, 16 + 64)[0]
+
+
+def _proc_net(family, address):
+    """An (ip, port) as /proc/net/tcp{,6} writes it: each 32-bit word in host byte order."""
+    packed = socket.inet_pton(family, address[0])
+    words = "".join("%08X" % int.from_bytes(packed[i:i + 4], sys.byteorder)
+                    for i in range(0, len(packed), 4))
+    return f"{words}:{address[1]:04X}"
+
+
+def _proc_uid(family, client, server):
+    """The same from /proc/net/tcp{,6}: slower (it lists every socket: 11 ms with
+    2,700 of them), for a kernel without sock_diag. The client's socket is the row
+    whose local end is the client and whose remote end is us."""
+    tables = [(family, client, server)]
+    mapped = [ipaddress.ip_address(end[0].split("%")[0]) for end in (client, server)]
+    if all(getattr(ip, "ipv4_mapped", None) for ip in mapped):
+        # an IPv4 client of a dual-stack server is listed with the IPv4 sockets
+        tables.append((socket.AF_INET, (str(mapped[0].ipv4_mapped), client[1]),
+                       (str(mapped[1].ipv4_mapped), server[1])))
+    for family, client, server in tables:
+        local, remote = _proc_net(family, client), _proc_net(family, server)
+        with open("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp") as rows:
+            for row in rows:
+                fields = row.split()
+                if fields[1:3] == [local, remote]:
+                    return int(fields[7])
+    return None
+
+
+def peer_uid(connection, peer):
+    """The local user owning the client's end of a TCP connection; None when unknown
+    (another machine, or a kernel that will not say)."""
+    family, server = connection.family, connection.getsockname()
+    try:
+        return _diag_uid(family, peer, server)
+    except (OSError, ValueError, struct.error):
+        pass
+    try:
+        return _proc_uid(family, peer, server)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_loopback(address):
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+class Server(ThreadingHTTPServer):
+    """The listening socket; it also holds the wrong-key throttle of this server."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+        self.keys = throttle.Throttle()  # failed keys per address (per user on loopback)
+        self.big_bodies = threading.BoundedSemaphore(BIG_AT_ONCE)
+
+    def handle_error(self, request, client_address):
+        # one short line for a client gone mid-request, a traceback for the rest
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.info("AnkiConnect: %s hung up (%s)", client_address[0], type(error).__name__)
+        else:
+            log.exception("AnkiConnect: request from %s failed", client_address[0])
+
+
 class Handler(BaseHTTPRequestHandler):
     """One HTTP request to the AnkiConnect port."""
+
+    timeout = READ_TIMEOUT  # a client that stops sending frees its thread
 
     def log_message(self, format, *args):  # noqa: A002 (the stdlib's name)
         log.debug("AnkiConnect %s: " + format, self.client_address[0], *args)
@@ -785,6 +1099,58 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _refuse(self, status, error, allow_origin):
+        """Answer without reading the body, and hang up."""
+        self.close_connection = True
+        body = b"" if error is None else json.dumps({"result": None, "error": error}).encode()
+        self._send(status, body, allow_origin)
+
+    def _caller(self):
+        """(throttle unit, refusal or None): who is calling, and whether they may.
+
+        With no key, only this user's own programs on this machine may call:
+        another local user (or a process we cannot place) is refused. With a key,
+        the key decides, and wrong keys are counted per address, per user on
+        loopback so that another local user cannot lock this user out.
+        """
+        address = self.client_address[0]
+        local = _is_loopback(address)
+        uid = None
+        if local or not _settings.ankiconnect_key:
+            uid = peer_uid(self.connection, self.client_address)
+        if _settings.ankiconnect_key:
+            unit = f"{address} uid {uid}" if local else throttle.client({"REMOTE_ADDR": address})
+            return unit, None
+        if uid == os.getuid():
+            return address, None
+        log.warning("AnkiConnect: refused %s:%s: its socket belongs to %s, not to the user"
+                    " running ankisync (uid %s); set ANKISYNC_ANKICONNECT_KEY to let it in"
+                    " with the key", address, self.client_address[1],
+                    "an unknown user" if uid is None else f"uid {uid}", os.getuid())
+        return address, ("AnkiConnect here answers only programs of the user running"
+                         " ankisync: set ANKISYNC_ANKICONNECT_KEY and send it as \"key\"")
+
+    def _body(self, length):
+        """The body, read in pieces; None when the client hung up before its end."""
+        body = bytearray()
+        try:
+            while len(body) < length:
+                chunk = self.rfile.read(min(length - len(body), 1024 * 1024))
+                if not chunk:
+                    break
+                body += chunk
+        except OSError as error:  # reset, or silent for READ_TIMEOUT
+            log.info("AnkiConnect: %s hung up mid-request (%s)", self.client_address[0],
+                     type(error).__name__)
+            self.close_connection = True
+            return None
+        if len(body) < length:
+            log.info("AnkiConnect: %s hung up after %d of %d bytes", self.client_address[0],
+                     len(body), length)
+            self.close_connection = True
+            return None
+        return body  # json.loads takes a bytearray: no second copy
+
     def do_OPTIONS(self):
         allowed, _, shown = self._cors()
         extra = []
@@ -794,15 +1160,42 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, b"", shown, extra=extra)
 
     def do_POST(self):
+        # everything that can refuse without the body does so before reading it
         allowed, origin, shown = self._cors()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_BODY:
-            reply = {"result": None, "error": f"request body too large (over {MAX_BODY // 2**20} MB)"}
-            return self._send(413, json.dumps(reply).encode(), shown)
-        body = self.rfile.read(length)
+            return self._refuse(413, f"request body too large (over {MAX_BODY // 2**20} MB)", shown)
+        if not allowed and length > MAX_REFUSED_BODY:
+            log.info("AnkiConnect: refused origin %s (ANKISYNC_ANKICONNECT_ORIGINS)", origin)
+            return self._refuse(403, None, shown)
+        unit, refusal = self._caller()
+        if refusal:
+            return self._refuse(403, refusal, shown)
+        if _settings.ankiconnect_key and self.server.keys.wait(unit):
+            return self._refuse(200, "valid api key must be provided", shown)
+        if length <= BIG_BODY:
+            return self._answer(length, unit, allowed, origin, shown)
+        # big bodies a few at a time: each costs several times its size in memory
+        big = self.server.big_bodies
+        if not big.acquire(blocking=False):
+            log.info("AnkiConnect: %s waits: %d big requests are being served",
+                     self.client_address[0], BIG_AT_ONCE)
+            if not big.acquire(timeout=READ_TIMEOUT):
+                return self._refuse(503, "busy: too many large requests at once; try again", shown)
+        try:
+            self._answer(length, unit, allowed, origin, shown)
+        finally:
+            big.release()
+
+    def _answer(self, length, unit, allowed, origin, shown):
+        """Read the body and answer it."""
+        keys = self.server.keys
+        body = self._body(length)
+        if body is None:
+            return
         if not body:
             if not allowed:
                 return self._send(403, b"", shown)
@@ -818,6 +1211,14 @@ class Handler(BaseHTTPRequestHandler):
         if not allowed and not asks_permission:
             log.info("AnkiConnect: refused origin %s (ANKISYNC_ANKICONNECT_ORIGINS)", origin)
             return self._send(403, b"", shown)
+        if _settings.ankiconnect_key and isinstance(request, dict) and not asks_permission:
+            # counted here, once a request: multi checks the key before its parts run
+            if _key_ok(request.get("key")):
+                keys.succeeded(unit)
+            else:
+                lockout = keys.failed(unit)
+                log.warning("AnkiConnect: wrong key from %s%s", unit,
+                            f"; refused for {lockout:g} s" if lockout else "")
         reply = handle(request, allowed, origin or "")
         # a refused origin may still read its "denied"
         self._send(200, json.dumps(reply).encode(), shown if allowed else origin)
@@ -828,9 +1229,21 @@ class Handler(BaseHTTPRequestHandler):
         # the error boundary of this thread: a fault is logged, never a traceback sent
         try:
             super().handle_one_request()
+        except (ConnectionError, TimeoutError) as error:
+            log.info("AnkiConnect: %s hung up (%s)", self.client_address[0], type(error).__name__)
+            self.close_connection = True
         except Exception:
             log.exception("AnkiConnect: request from %s failed", self.client_address[0])
             self.close_connection = True
+
+
+def _record(settings, state, problem=None):
+    """What health and `status` show about AnkiConnect; tied to this worker's pid, so a
+    state left by an earlier run is never taken for the current one."""
+    host, port = settings.ankiconnect_listen
+    db.set_state(config.db_path(settings), ankiconnect=json.dumps({
+        "state": state, "listen": f"{host}:{port}", "problem": problem,
+        "pid": os.getpid(), "worker": os.getppid()}))
 
 
 def start(settings):
@@ -839,17 +1252,27 @@ def start(settings):
     _settings = settings
     host, port = settings.ankiconnect_listen  # off loopback, config made sure of a key
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = Server((host, port), Handler)
     except OSError as error:
-        log.warning("AnkiConnect not started: cannot listen on %s:%s (%s); is Anki with the"
-                    " AnkiConnect add-on running? Set ANKISYNC_ANKICONNECT_LISTEN to another"
-                    " port, or empty to turn it off", host, port, error.strerror or error)
+        if error.errno == errno.EADDRINUSE:
+            problem = (f"AnkiConnect port {host}:{port} is held by another program: clients'"
+                       " notes and key go to it, not to ankisync. Stop it (Anki desktop with the"
+                       " AnkiConnect add-on?) or set ANKISYNC_ANKICONNECT_LISTEN to another"
+                       " port (or empty to turn AnkiConnect off), then restart ankisync")
+            state = "held"
+        else:
+            problem = (f"AnkiConnect cannot listen on {host}:{port}"
+                       f" ({error.strerror or error}): fix ANKISYNC_ANKICONNECT_LISTEN")
+            state = "failed"
+        log.warning("%s", problem)
+        _record(settings, state, problem)
         return None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="ankiconnect", daemon=True).start()
     _server = server
-    log.info("AnkiConnect on http://%s:%s (key %s)", host, port,
-             "required" if settings.ankiconnect_key else "not required")
+    _record(settings, "listening")
+    log.info("AnkiConnect on http://%s:%s (%s)", host, port,
+             "key required" if settings.ankiconnect_key
+             else "no key: only programs of this user on this machine may call it")
     return server
 
 

@@ -270,9 +270,21 @@ def service_status(current):
     all_jobs, last_day = jobs.counts(path), jobs.counts(path, since=time.time() - 86400)
     pid = worker_pid()
     last_sync = db.get_state(path, "last_sync_at")
+    # AnkiConnect as this worker found it at start: a state left by an earlier
+    # worker (another pid) says nothing about this one
+    connect = {"state": "off", "listen": None, "problem": None,
+               "keyRequired": bool(current.ankiconnect_key)}
+    if current.ankiconnect_listen:
+        host, port = current.ankiconnect_listen
+        recorded = json.loads(db.get_state(path, "ankiconnect") or "{}")
+        fresh = pid is not None and recorded.get("worker") == pid
+        connect.update(listen=f"{host}:{port}", problem=recorded.get("problem") if fresh else None,
+                       state=recorded["state"] if fresh else "starting" if pid else "stopped")
     return {
-        "status": "ok" if pid else "degraded",
+        "status": "ok" if pid and not connect["problem"] else "degraded",
+        "problems": [connect["problem"]] if connect["problem"] else [],
         "worker": {"alive": bool(pid), "pid": pid},
+        "ankiconnect": connect,
         "queue": {status: all_jobs.get(status, 0) for status in jobs.UNFINISHED},
         "jobs": all_jobs,
         "last24h": {status: last_day.get(status, 0) for status in ("success", "failure")},
@@ -531,12 +543,19 @@ def status_command(args):
     if args.json:
         print(json.dumps(info, indent=2))
         return 0 if info["worker"]["alive"] else 1
-    sync, queue, day = info["sync"], info["queue"], info["last24h"]
+    sync, queue, day, connect = info["sync"], info["queue"], info["last24h"], info["ankiconnect"]
     worker = (f"running (pid {info['worker']['pid']})" if info["worker"]["alive"]
               else "NOT RUNNING: start it with ./run.sh (or systemctl start ankisync)")
     login = (f"logged in as {sync['username']} at {sync['endpoint']}" if sync["loggedIn"]
              else f"not logged in: ./run.sh login USERNAME ({sync['endpoint']})")
     last = (f"{sync['lastSyncAt']} ({sync['lastOutcome']})" if sync["lastSyncAt"] else "never")
+    who = ("key required" if connect["keyRequired"]
+           else "no key: only this user's programs on this machine")
+    ankiconnect = {"off": "off (ANKISYNC_ANKICONNECT_LISTEN is empty)",
+                   "listening": f"on http://{connect['listen']}, {who}",
+                   "starting": f"starting on {connect['listen']}",
+                   "stopped": "not serving: the worker is not running",
+                   }.get(connect["state"], f"NOT SERVING: {connect['problem']}")
     lines = [
         f"worker     {worker}",
         f"queue      {queue['pending']} pending, {queue['started']} started,"
@@ -547,6 +566,7 @@ def status_command(args):
         f"last sync  {last}",
         f"last error {sync['lastError'] or 'none'}",
         f"voice      {info['tts']}",
+        f"ankiconnect {ankiconnect}",
         f"data dir   {info['dataDir']['path']} ({info['dataDir']['bytes'] / 1e6:.1f} MB)",
     ]
     print("\n".join(lines))

@@ -54,6 +54,30 @@ def _origins(value):
     return origins
 
 
+def _folders(value):
+    folders = [f.strip() for f in value.split(",") if f.strip()]
+    for folder in folders:
+        if not os.path.isabs(folder):
+            raise ValueError(f"{folder!r} is not an absolute folder, e.g. /home/me/Pictures")
+    return tuple(folders)
+
+
+def _targets(value):
+    """Hosts (lower-cased names) and IP networks, comma-separated."""
+    targets = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        try:
+            targets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            if "/" in entry or ":" in entry or " " in entry:
+                raise ValueError(f"{entry!r} is neither a host name nor an IP network"
+                                 " such as 192.168.1.0/24") from None
+            targets.append(entry.lower().rstrip("."))
+    return tuple(targets)
+
+
 def _level(value):
     value = value.upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -97,6 +121,12 @@ SETTINGS = [
     ("ANKISYNC_ANKICONNECT_KEY", "", _text, "AnkiConnect API key (required off loopback)"),
     ("ANKISYNC_ANKICONNECT_ORIGINS", "http://localhost,chrome-extension://*,moz-extension://*",
      _origins, "browser origins allowed to call AnkiConnect, comma-separated"),
+    ("ANKISYNC_ANKICONNECT_PATHS", "", _folders,
+     "absolute folders whose files AnkiConnect may read as media `path` (empty: none)"),
+    ("ANKISYNC_ANKICONNECT_URL_ALLOW", "", _targets,
+     "local hosts or networks AnkiConnect may fetch media `url`s from (empty: public only)"),
+    ("ANKISYNC_ANKICONNECT_URL_TIMEOUT", "30", _seconds,
+     "seconds one AnkiConnect media download may take in all"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -114,15 +144,30 @@ def is_loopback(host):
         return False
 
 
+def weak_key(key):
+    """Why a key is too easy to guess from the network, or None."""
+    if len(key) < 16 or len(set(key)) < 8:
+        return "it needs at least 16 characters, 8 of them different"
+    return None
+
+
 def check(settings):
     """Checks across settings; a ConfigError naming the variables."""
-    if settings.ankiconnect_listen and not settings.ankiconnect_key:
+    if settings.ankiconnect_listen:
         host, port = settings.ankiconnect_listen
-        if not is_loopback(host):
+        key = settings.ankiconnect_key
+        if not is_loopback(host) and not key:
             raise ConfigError(
                 f"ANKISYNC_ANKICONNECT_LISTEN={host}:{port} is reachable from other machines:"
                 " set ANKISYNC_ANKICONNECT_KEY (clients send it as \"key\"), or listen on"
                 " 127.0.0.1, or set it empty to turn AnkiConnect off")
+        if not is_loopback(host) and weak_key(key):
+            # the network can guess a short key (a throttle only slows it down)
+            raise ConfigError(
+                f"ANKISYNC_ANKICONNECT_KEY from {settings.sources['ANKISYNC_ANKICONNECT_KEY']}"
+                f" is too weak for ANKISYNC_ANKICONNECT_LISTEN={host}:{port}, which other"
+                f" machines reach: {weak_key(key)}. Make one with `openssl rand -base64 24`"
+                " and give the same key to your AnkiConnect clients")
     return settings
 
 
