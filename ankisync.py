@@ -617,6 +617,8 @@ def status_command(args):
         f"last error {sync['lastError'] or 'none'}",
         f"voice      {info['tts']}",
         f"data dir   {info['dataDir']['path']} ({info['dataDir']['bytes'] / 1e6:.1f} MB)",
+        "disk       " + (f"FULL: {info['disk']['message']}" if info["disk"]["full"]
+                         else f"{info['disk']['freeBytes'] / 1e6:.0f} MB free"),
     ]
     print("\n".join(lines))
     return 0 if info["worker"]["alive"] else 1
