@@ -154,6 +154,8 @@ def check_file(path, fix):
     uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        # Anki's collection indexes by its own collation (Unicode case folding)
+        conn.create_collation("unicase", _unicase)
         try:
             rows = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
         finally:
@@ -168,6 +170,11 @@ def check_file(path, fix):
         problem = None if rows == ["ok"] else "; ".join(rows[:3])
     if problem:
         raise DamagedFile(f"{path} is damaged ({problem}): {fix}")
+
+
+def _unicase(a, b):
+    a, b = a.casefold(), b.casefold()
+    return (a > b) - (a < b)
 
 
 # --- the disk under the data dir ------------------------------------------------
