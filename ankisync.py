@@ -460,18 +460,18 @@ def hold_lock(current, role):
 def check_files(current):
     """Stop with the file's name and the fix when a file of the data dir is damaged."""
     path, kept = config.db_path(current), config.credentials_path(current)
-    fix = (f"stop ankisync, move it aside (mv {path} {path}.damaged, and its -wal and -shm"
-           " files), then put back ankisync.db from your backup (README: Backup and restore)."
-           " Without a backup, just start again: a new one is made; notes already in the"
-           " collection are kept and synced, but cards still waiting in it are lost (post them"
-           " again) and clients log in again with the API key. Nothing in it comes back from the"
-           " sync server")
+    fix = (f"move it aside (mv {path} {path}.damaged, and its -wal and -shm files), then put"
+           " back ankisync.db from your backup (README: Backup and restore). Without a backup,"
+           " just start again: a new one is made; notes already in the collection are kept and"
+           " synced, but cards still waiting in it are lost (post them again) and clients log in"
+           " again with the API key. Nothing in it comes back from the sync server")
     wal = path.with_name(path.name + "-wal")
+    # SQLite would take an emptied file for a new one, and start on an empty job table
     if (path.exists() and path.stat().st_size == 0 and kept.exists()
             and not (wal.exists() and wal.stat().st_size)):
         raise DamagedFile(f"{path} is empty, yet this data dir was used before ({kept} exists):"
-                          f" its jobs are gone. To keep what waited, {fix[len('stop ankisync, '):]}")
-    db.check_file(path, fix)
+                          f" the jobs it held are gone. Stop ankisync, {fix}")
+    db.check_file(path, "stop ankisync, " + fix)
     credentials.load(kept)  # raises naming the file when it is not JSON
 
 
@@ -491,7 +491,7 @@ def voice(current):
     provider = tts.choose(current.tts, key) or "none (cards without audio)"
     if provider == "google":
         provider += (" with an API key" if key else " with GOOGLE_APPLICATION_CREDENTIALS="
-                     f"{current.google_application_credentials or os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')}")
+                     f"{current.google_application_credentials}")
     return provider
 
 
@@ -499,7 +499,7 @@ def serve(args):
     import waitress
     auth.keep_jwt_light()
     current = settings()
-    lock = hold_lock(current, "api")  # noqa: F841  (held until the process ends)
+    hold_lock(current, "api")
     init_storage(current)
     import huey_tasks  # noqa: F401  (the queue's tables exist before the first request)
     host, port = current.listen
@@ -520,7 +520,7 @@ def serve(args):
 
 def run_worker(args):
     current = settings()
-    lock = hold_lock(current, "worker")  # noqa: F841  (held until the process ends)
+    hold_lock(current, "worker")
     init_storage(current)
     # Nobody holds the collection now: a damaged one is refused here, not mid-job.
     collection = config.collection_path(current)
