@@ -99,7 +99,8 @@ def boundary(callback):
             raise
         except Exception as error:
             if db.is_disk_full(error):  # not a bug: say what to free, never a generic 500
-                log.warning("%s %s: disk full: %s", bottle.request.method, bottle.request.path, error)
+                log.warning("%s %s: disk full: %s", bottle.request.method, bottle.request.path,
+                            error)
                 bottle.response.status = 507
                 return {"message": db.disk_full_message(settings().data_dir)}
             log.exception("%s %s failed", bottle.request.method, bottle.request.path)
@@ -447,7 +448,8 @@ def hold_lock(current, role):
         holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
         os.close(fd)
         raise AlreadyRunning(
-            f"ankisync is already running on the data dir {current.data_dir.resolve()}: its {role}"
+            f"ankisync is already running on the data dir {current.data_dir.resolve()}: its"
+            f" {role.replace('api', 'API')}"
             f" has pid {holder[0]}, its API listens on {holder[-1]} ({path} is locked). Stop it"
             " first (sudo systemctl stop ankisync, or Ctrl-C where ./run.sh runs), or give this"
             " one its own ANKISYNC_DATA_DIR") from None

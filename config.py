@@ -201,11 +201,12 @@ def describe(settings, voice=None):
         f"sync endpoint {settings.sync_endpoint or ANKIWEB}",
         f"deck {settings.deck!r}, voice {settings.tts_voice}"
         + (f", text-to-speech {voice}" if voice else ""),
-        "settings from " + (", ".join(sorted({source for source in settings.sources.values()
-                                               if source != "default"})) or "defaults only"),
     ]
     if on_defaults:
         lines.append("running on default settings only (see README: Configuration)")
+    else:
+        lines.append("settings from " + ", ".join(sorted(set(settings.sources.values())
+                                                           - {"default"})))
     return lines
 
 
