@@ -17,12 +17,12 @@ import pytest
 from test_faults import assert_exactly_once, card
 
 
-def fill(mount):
+def fill(mount, chunk=1 << 20):
     """Fill the filesystem at mount to the last byte with one file; returns its path."""
     path = mount / "filler"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        for chunk in (1 << 20, 4096, 1):
+        for chunk in (chunk, 4096, 1):
             try:
                 while True:
                     os.write(fd, bytes(chunk))
@@ -112,6 +112,38 @@ def test_full_disk_refuses_cards_with_507_and_recovers(small_disk, make_service,
     assert health(service)["status"] == "ok"
     assert_exactly_once(tmp_path, sync_server, account, accepted)
     assert_quiet_log(service)
+
+
+def test_disk_filling_while_cards_arrive_never_gives_500_nor_loses_a_202(
+        small_disk, make_service, account, sync_server, tmp_path):
+    """The disk fills between requests and within them: each answer is 202 (stored) or 507."""
+    service = service_on(make_service, small_disk, tmp_path)
+    service.sync_login(account)
+    answers, done = [], threading.Event()
+
+    def post():
+        n = 0
+        while not done.is_set() or n < 5:
+            n += 1
+            answers.append(service.post_card(card(n)))
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        filler = fill(small_disk, chunk=64 * 1024)
+    finally:
+        done.set()
+        poster.join()
+    statuses = {status for status, _ in answers}
+    assert statuses <= {202, 507}, [body for status, body in answers if status not in (202, 507)]
+    assert 507 in statuses
+    filler.unlink()
+    accepted = [body["taskId"] for status, body in answers if status == 202]
+    for task_id in accepted:
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    assert_exactly_once(tmp_path, sync_server, account, accepted)
+    assert "Traceback" not in service.logs()
 
 
 class HeldTTS:
