@@ -843,7 +843,7 @@ def sync():
     """Sync now and say what happened (the add-on answers null; we never do)."""
     try:
         if not worker.sync(_settings):
-            raise ActionError("sync: not logged in: run `python ankisync.py login USERNAME`"
+            raise ActionError("sync: not logged in: run `./run.sh login USERNAME`"
                               " (or ./run.sh login USERNAME) first")
     except errors.AnkisyncError as error:
         raise ActionError(f"sync failed: {error}") from None

@@ -7,6 +7,7 @@ never imports anki or google.cloud, so it stays small and starts fast.
 """
 
 import argparse
+import fcntl
 import functools
 import getpass
 import json
@@ -27,7 +28,7 @@ import db
 import jobs
 import throttle
 import tts
-from errors import AnkisyncError, ConfigError
+from errors import AlreadyRunning, AnkisyncError, ConfigError, DamagedFile
 
 log = logging.getLogger("ankisync")
 
@@ -99,7 +100,12 @@ def boundary(callback):
             return error.body
         except bottle.HTTPResponse:
             raise
-        except Exception:
+        except Exception as error:
+            if db.is_disk_full(error):  # not a bug: say what to free, never a generic 500
+                log.warning("%s %s: disk full: %s", bottle.request.method, bottle.request.path,
+                            error)
+                bottle.response.status = 507
+                return {"message": db.disk_full_message(settings().data_dir)}
             log.exception("%s %s failed", bottle.request.method, bottle.request.path)
             bottle.response.status = 500
             return {"message": "internal error: the server log has the details"}
@@ -238,7 +244,7 @@ def login():
         raise ApiError(401, 'missing API key: send {"key": "<your API key>"}')
     stored = stored_credentials()
     if not isinstance(key, str) or not auth.check_api_key(stored, key):
-        raise ApiError(403, "wrong API key (make a new one with `python ankisync.py api-key`)")
+        raise ApiError(403, "wrong API key (make a new one with `./run.sh api-key`)")
     bottle.response.status = 201
     return auth.issue_pair(db_path(), stored, settings().access_token_ttl,
                            settings().refresh_token_ttl)
@@ -280,11 +286,16 @@ def service_status(current):
         fresh = pid is not None and recorded.get("worker") == pid
         connect.update(listen=f"{host}:{port}", problem=recorded.get("problem") if fresh else None,
                        state=recorded["state"] if fresh else "starting" if pid else "stopped")
+    full = db.disk_full(current.data_dir)
+    problems = [problem for problem in (
+        db.disk_full_message(current.data_dir) if full else None, connect["problem"]) if problem]
     return {
-        "status": "ok" if pid and not connect["problem"] else "degraded",
-        "problems": [connect["problem"]] if connect["problem"] else [],
+        "status": "disk full" if full else "ok" if pid and not problems else "degraded",
+        "problems": problems,
         "worker": {"alive": bool(pid), "pid": pid},
         "ankiconnect": connect,
+        "disk": {"full": full, "freeBytes": db.free_bytes(current.data_dir),
+                 "message": db.disk_full_message(current.data_dir) if full else None},
         "queue": {status: all_jobs.get(status, 0) for status in jobs.UNFINISHED},
         "jobs": all_jobs,
         "last24h": {status: last_day.get(status, 0) for status in ("success", "failure")},
@@ -305,6 +316,8 @@ def service_status(current):
 def add_cloze_note():
     access_claims()
     card = validate_card(json_body())
+    if db.disk_full(settings().data_dir):  # the worker could not make it: refuse it now
+        raise ApiError(507, db.disk_full_message(settings().data_dir))
     key = bottle.request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 200:
         raise ApiError(400, "Idempotency-Key is too long: at most 200 characters")
@@ -439,25 +452,83 @@ def worker_pid():
         return None
 
 
+def hold_lock(current, role):
+    """This data dir's lock for role ("api" or "worker"), held for the process's life.
+
+    A second instance is refused before it touches anything, with the first
+    one's pid and address. The fd is never closed: the lock goes with the
+    process (and the worker's children, which inherit it).
+    """
+    config.ensure_data_dir(current)
+    path = config.lock_path(current, role)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
+        os.close(fd)
+        raise AlreadyRunning(
+            f"ankisync is already running on the data dir {current.data_dir.resolve()}: its"
+            f" {role.replace('api', 'API')}"
+            f" has pid {holder[0]}, its API listens on {holder[-1]} ({path} is locked). Stop it"
+            " first (sudo systemctl stop ankisync, or Ctrl-C where ./run.sh runs), or give this"
+            " one its own ANKISYNC_DATA_DIR") from None
+    host, port = current.listen
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {host}:{port}\n".encode(), 0)
+    return fd
+
+
+def check_files(current):
+    """Stop with the file's name and the fix when a file of the data dir is damaged."""
+    path, kept = config.db_path(current), config.credentials_path(current)
+    fix = (f"move it aside (mv {path} {path}.damaged, and its -wal and -shm files), then put"
+           " back ankisync.db from your backup (README: Backup and restore). Without a backup,"
+           " just start again: a new one is made; notes already in the collection are kept and"
+           " synced, but cards still waiting in it are lost (post them again) and clients log in"
+           " again with the API key. Nothing in it comes back from the sync server")
+    wal = path.with_name(path.name + "-wal")
+    # SQLite would take an emptied file for a new one, and start on an empty job table
+    if (path.exists() and path.stat().st_size == 0 and kept.exists()
+            and not (wal.exists() and wal.stat().st_size)):
+        raise DamagedFile(f"{path} is empty, yet this data dir was used before ({kept} exists):"
+                          f" the jobs it held are gone. Stop ankisync, {fix}")
+    db.check_file(path, "stop ankisync, " + fix)
+    credentials.load(kept)  # raises naming the file when it is not JSON
+
+
 def init_storage(current):
     config.ensure_data_dir(current)
+    check_files(current)
     path = config.db_path(current)
     jobs.init(path)
     auth.init(path)
     credentials.ensure_signing_secret(config.credentials_path(current))
 
 
+def voice(current):
+    """The TTS provider in use and its credentials, for the start-up log."""
+    stored = credentials.load(config.credentials_path(current))
+    key = current.google_api_key or stored.get("google_api_key")
+    provider = tts.choose(current.tts, key) or "none (cards without audio)"
+    if provider == "google":
+        provider += (" with an API key" if key else " with GOOGLE_APPLICATION_CREDENTIALS="
+                     f"{current.google_application_credentials}")
+    return provider
+
+
 def serve(args):
     import waitress
     auth.keep_jwt_light()
     current = settings()
+    hold_lock(current, "api")
     init_storage(current)
     import huey_tasks  # noqa: F401  (the queue's tables exist before the first request)
     host, port = current.listen
-    for line in config.describe(current):
+    for line in config.describe(current, voice(current)):
         log.info("%s", line)
     if "api_key_sha256" not in stored_credentials():
-        log.warning("no API key yet: make one with `python ankisync.py api-key`")
+        log.warning("no API key yet: make one with `./run.sh api-key`")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server = waitress.create_server(app, host=host, port=port, threads=16, ident="ankisync",
@@ -471,9 +542,17 @@ def serve(args):
 
 def run_worker(args):
     current = settings()
+    hold_lock(current, "worker")
     init_storage(current)
+    # Nobody holds the collection now: a damaged one is refused here, not mid-job.
+    collection = config.collection_path(current)
+    db.check_file(collection, (
+        f"stop ankisync, move it aside (mv {collection} {collection}.damaged) and start again:"
+        " the next sync downloads your collection from the sync server, and cards added since"
+        " the last sync are added again from the job table. Without a sync login, put back"
+        " collection.anki2 from your backup instead (README: Backup and restore)"))
     import huey_tasks
-    for line in config.describe(current):
+    for line in config.describe(current, voice(current)):
         log.info("%s", line)
     pid_path = config.worker_pid_path(current)
     pid_path.write_text(str(os.getpid()))
@@ -568,6 +647,8 @@ def status_command(args):
         f"voice      {info['tts']}",
         f"ankiconnect {ankiconnect}",
         f"data dir   {info['dataDir']['path']} ({info['dataDir']['bytes'] / 1e6:.1f} MB)",
+        "disk       " + (f"FULL: {info['disk']['message']}" if info["disk"]["full"]
+                         else f"{info['disk']['freeBytes'] / 1e6:.0f} MB free"),
     ]
     print("\n".join(lines))
     return 0 if info["worker"]["alive"] else 1
@@ -631,7 +712,7 @@ def setup_command(args):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="ankisync.py", description=__doc__.splitlines()[0],
+        prog="./run.sh", description=__doc__.splitlines()[0],
         epilog="Settings (environment or DATA_DIR/.env):\n" + config.reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -672,8 +753,7 @@ def stderr_is_journal():
     return f"{status.st_dev}:{status.st_ino}" == f"{device}:{inode}"
 
 
-def setup_logging():
-    level = os.environ.get("ANKISYNC_LOG_LEVEL", "INFO").upper()
+def setup_logging(level):
     # journald stamps each line itself; elsewhere a time helps
     stamp = "" if stderr_is_journal() else "%(asctime)s "
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
@@ -682,11 +762,23 @@ def setup_logging():
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging()
     try:
-        settings()
-        return args.run(args) or 0
-    except (AnkisyncError, ConfigError) as error:
+        current = settings()  # first: the log level is one of them, from .env too
+    except ConfigError as error:
+        setup_logging("INFO")
+        log.error("%s", error)
+        return 1
+    setup_logging(current.log_level)
+    if current.google_application_credentials:  # Google's library reads it from here
+        os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = current.google_application_credentials
+    try:
+        code = args.run(args) or 0
+        sys.stdout.flush()  # now, not at exit: a reader that left (`| head`) is no error
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except AnkisyncError as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

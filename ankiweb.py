@@ -39,7 +39,7 @@ def _is_server_trouble(error: SyncError, tr: Translations) -> bool:
 
 
 SESSION_REFUSED = ("The sync server refused the saved session: "
-                   "run `python ankisync.py login USERNAME` again")
+                   "run `./run.sh login USERNAME` again")
 
 
 @contextlib.contextmanager

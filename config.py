@@ -96,6 +96,12 @@ def _text(value):
     return value or None
 
 
+def _key_file(value):
+    if value and not os.path.isfile(value):
+        raise ValueError("no such file: give the path of a Google service account key (JSON)")
+    return value or None
+
+
 # name, default, parser, help. The attribute is the name without the prefix.
 SETTINGS = [
     ("ANKISYNC_DATA_DIR", "./data", Path, "SQLite file, collection, media, credentials"),
@@ -128,10 +134,18 @@ SETTINGS = [
     ("ANKISYNC_ANKICONNECT_URL_TIMEOUT", "30", _seconds,
      "seconds one AnkiConnect media download may take in all"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
+    # Google's own name, read by its library from the environment: ankisync
+    # reads it like the others and hands it on, so data/.env works too.
+    ("GOOGLE_APPLICATION_CREDENTIALS", "", _key_file,
+     "Google service account key file, instead of an API key"),
 ]
 
-Settings = namedtuple("Settings", [name[len("ANKISYNC_"):].lower() for name, *_ in SETTINGS]
-                      + ["sources"])
+
+def _attribute(name):
+    return name.removeprefix("ANKISYNC_").lower()
+
+
+Settings = namedtuple("Settings", [_attribute(name) for name, *_ in SETTINGS] + ["sources"])
 
 
 def is_loopback(host):
@@ -208,7 +222,7 @@ def load(environ=None):
         else:
             raw, source = default, "default"
         try:
-            values[name[len("ANKISYNC_"):].lower()] = parse(raw)
+            values[_attribute(name)] = parse(raw)
         except ValueError as error:
             shown = "(hidden)" if "KEY" in name else repr(raw)
             raise ConfigError(f"{name}={shown} from {source}: {error}") from None
@@ -222,16 +236,22 @@ def current():
     return load()
 
 
-def describe(settings):
+def describe(settings, voice=None):
     """Lines for the start-up log: what was loaded, secrets left out."""
     on_defaults = all(source == "default" for source in settings.sources.values())
+    host, port = settings.listen
     lines = [
         f"data dir {settings.data_dir.resolve()}",
+        f"API on http://{host}:{port}",
         f"sync endpoint {settings.sync_endpoint or ANKIWEB}",
-        f"deck {settings.deck!r}, voice {settings.tts_voice}",
+        f"deck {settings.deck!r}, voice {settings.tts_voice}"
+        + (f", text-to-speech {voice}" if voice else ""),
     ]
     if on_defaults:
         lines.append("running on default settings only (see README: Configuration)")
+    else:
+        lines.append("settings from " + ", ".join(sorted(set(settings.sources.values())
+                                                           - {"default"})))
     return lines
 
 
@@ -262,6 +282,11 @@ def credentials_path(settings):
 
 def worker_pid_path(settings):
     return settings.data_dir / "worker.pid"
+
+
+def lock_path(settings, role):
+    """Held by the running API ("api") or worker ("worker"): one of each per data dir."""
+    return settings.data_dir / f"{role}.lock"
 
 
 def ensure_data_dir(settings):

@@ -11,7 +11,7 @@ import os
 import secrets
 import stat
 
-from errors import ConfigError
+from errors import ConfigError, DamagedFile
 
 
 def load(path):
@@ -25,7 +25,19 @@ def load(path):
             f"{path} can be read by other users (mode {stat.filemode(mode)}); it holds secrets."
             f" Fix it with: chmod 600 {path}")
     with open(path) as file:
-        return json.load(file)
+        try:
+            data = json.load(file)
+        except ValueError as error:  # UnicodeDecodeError too
+            data = error
+    if not isinstance(data, dict):
+        problem = data if isinstance(data, Exception) else "not a JSON object"
+        raise DamagedFile(
+            f"{path} is damaged ({problem}): move it aside (mv {path} {path}.damaged) and run"
+            " `./run.sh setup` again (or `./run.sh api-key` and `./run.sh login USERNAME`). It held"
+            " the API key's hash, the token secret, the sync session and the Google key: put the"
+            " new API key into your clients; jobs, the collection and the data on the sync server"
+            " are not affected")
+    return data
 
 
 def save(path, data):

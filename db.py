@@ -5,10 +5,18 @@ front (BEGIN IMMEDIATE) because a deferred read-then-write transaction fails at
 once with "database is locked" when Huey holds the lock.
 """
 
+import errno
+import logging
 import os
 import sqlite3
 import threading
+import time
+import urllib.parse
 from contextlib import contextmanager
+
+from errors import DamagedFile
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 _local = threading.local()
@@ -40,7 +48,12 @@ def write(path):
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:  # e.g. disk full: left open, the next BEGIN would fail
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class GroupCommit:
@@ -128,3 +141,111 @@ def get_state(path, key, default=None):
 def set_state(path, **values):
     with write(path) as conn:
         conn.executemany("INSERT OR REPLACE INTO ankisync_state VALUES (?, ?)", values.items())
+
+
+def check_file(path, fix):
+    """Stop with the file's name and fix when the SQLite file at path is damaged.
+
+    Read-only, so a refused or failing start changes nothing. A file held by
+    another process (Anki's collection, opened exclusively) is not checked.
+    """
+    if not path.exists():
+        return
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        # Anki's collection indexes by its own collation (Unicode case folding)
+        conn.create_collation("unicase", _unicase)
+        try:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error):
+            return
+        problem = str(error)
+    except sqlite3.DatabaseError as error:  # "file is not a database" and the like
+        problem = str(error)
+    else:
+        problem = None if rows == ["ok"] else "; ".join(rows[:3])
+    if problem:
+        raise DamagedFile(f"{path} is damaged ({problem}): {fix}")
+
+
+def _unicase(a, b):
+    a, b = a.casefold(), b.casefold()
+    return (a > b) - (a < b)
+
+
+# --- the disk under the data dir ------------------------------------------------
+
+FREE_FLOOR = 1 << 20  # bytes: below this the disk counts as full (a card needs ~100 kB)
+
+
+def free_bytes(path):
+    status = os.statvfs(path)
+    return status.f_bavail * status.f_frsize
+
+
+def disk_full(path):
+    return free_bytes(path) < FREE_FLOOR
+
+
+def is_disk_full(error):
+    """Whether error (or what caused it) is the disk running out of space."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if "database or disk is full" in str(error) or "No space left on device" in str(error):
+            return True  # anki's backend reports SQLite's and the OS's words
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(path):
+    return (f"the disk holding the data dir {path.resolve()} is full ({free_bytes(path)} bytes"
+            f" free): free some space on it (`du -sh {path.resolve()}/*` shows what ankisync"
+            " keeps; old backups and logs are the usual culprits) or move ANKISYNC_DATA_DIR to a"
+            " bigger disk. Cards accepted before are kept, and ankisync carries on by itself"
+            " once there is room")
+
+
+class DiskGuard:
+    """The worker's view of the disk: whether to take work now, logged once per change.
+
+    Full while free space is under FREE_FLOOR, or for a while after a write
+    failed for lack of space. When room comes back, on_room() runs once (the
+    caller re-enqueues the jobs a failed write left behind).
+    """
+
+    PAUSE = 5  # seconds before trying again after a write failed for lack of space
+
+    def __init__(self, path, on_room):
+        self.path, self.on_room = path, on_room
+        self.full_since, self.until = None, 0.0
+
+    def full(self):
+        if self.full_since is not None and time.monotonic() < self.until:
+            return True
+        if disk_full(self.path):
+            self._enter("free space is under %d bytes" % FREE_FLOOR)
+            return True
+        if self.full_since is not None:
+            log.warning("disk has room again after %.0fs: the worker carries on",
+                        time.monotonic() - self.full_since)
+            self.full_since = None
+            self.on_room()
+        return False
+
+    def hit(self, error):
+        """A write failed for lack of space."""
+        self._enter(str(error))
+        self.until = time.monotonic() + self.PAUSE
+
+    def _enter(self, why):
+        if self.full_since is None:
+            self.full_since = time.monotonic()
+            log.warning("disk full (%s): the worker pauses, jobs wait. %s", why,
+                        disk_full_message(self.path))

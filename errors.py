@@ -40,3 +40,11 @@ class TTSRefused(PermanentError):
 
 class TTSUnavailable(TransientError):
     """The text-to-speech service failed or timed out."""
+
+
+class AlreadyRunning(AnkisyncError):
+    """Another ankisync process holds this data dir."""
+
+
+class DamagedFile(AnkisyncError):
+    """A file of the data dir cannot be read; the message names it and the fix."""

@@ -9,6 +9,7 @@ job's fate is written to the job table. Huey's own results are not stored.
 """
 
 import datetime
+import functools
 import json
 import logging
 import sys
@@ -18,8 +19,10 @@ from huey import SqliteHuey
 from huey.exceptions import TaskTimeout
 from huey.registry import Message
 from huey.serializer import Serializer
+from huey.storage import SqliteStorage
 
 import config
+import db
 import jobs
 from errors import AnkisyncError, PermanentError, TransientError
 
@@ -63,8 +66,39 @@ class JsonSerializer(Serializer):
         return Message(**fields)
 
 
+class Storage(SqliteStorage):
+    """Huey's queue, left alone while the disk under the data dir is full (db.DiskGuard)."""
+
+    def dequeue(self):
+        if disk.full():
+            return None
+        try:
+            return super().dequeue()
+        except Exception as error:
+            if not db.is_disk_full(error):
+                raise
+            disk.hit(error)
+
+    def read_schedule(self, ts):
+        return [] if db.disk_full(settings.data_dir) else super().read_schedule(ts)
+
+
+disk = db.DiskGuard(settings.data_dir, on_room=lambda: recover())
 huey = SqliteHuey("ankisync", filename=str(DB), results=False, utc=True, timeout=10,
-                  serializer=JsonSerializer())
+                  serializer=JsonSerializer(), storage_class=Storage)
+
+
+def unless_disk_full(task):
+    """A task that ran out of disk leaves its jobs to recover(), run when there is room."""
+    @functools.wraps(task)
+    def run(*args):
+        try:
+            return task(*args)
+        except Exception as error:
+            if not db.is_disk_full(error):
+                raise
+            disk.hit(error)
+    return run
 
 
 def retry_delay(attempts):
@@ -73,6 +107,7 @@ def retry_delay(attempts):
 
 
 @huey.task(timeout=settings.task_timeout)
+@unless_disk_full
 def make_card(job_id):
     """Make the job's card, and those of other waiting jobs with it."""
     batch = started(jobs.claim(DB, job_id, BATCH))
@@ -123,6 +158,8 @@ def purge_finished():
 def settle(job, error):
     """The one place a run's outcome becomes the job's status: done, retry, or failed."""
     job_id, attempts = job["id"], job["attempts"]  # attempts counts this run
+    if db.is_disk_full(error):  # not the job's fault: unless_disk_full takes it from here
+        raise error
     if error is None:
         jobs.mark_success(DB, job_id)
         log.info("job %s: done, %.2fs after it was accepted", job_id,
@@ -146,6 +183,7 @@ def settle(job, error):
 
 
 @huey.task(timeout=settings.task_timeout)
+@unless_disk_full
 def sync_now():
     """Sync the collection now (after a login: cards added before it go up)."""
     import worker

@@ -7,6 +7,7 @@
 #   ./run.sh test [ARGS]  install what the tests need and run them (ARGS go to pytest)
 #   ./run.sh setup        interactive setup: AnkiWeb login, TTS key, API key
 #   ./run.sh CMD ...      any other command of ankisync.py (login USER, api-key, ...)
+#   ./run.sh --help       every command and setting
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${ANKISYNC_VENV:-.venv}
@@ -70,8 +71,22 @@ start() {
     exit 1
 }
 
+usage() {
+    cat <<'EOF'
+./run.sh               start the API and the worker in the foreground; Ctrl-C or SIGTERM stops both
+./run.sh test [ARGS]   install what the tests need and run the test suite (ARGS go to pytest)
+./run.sh COMMAND ...   one of the commands below (./run.sh COMMAND --help for its options)
+
+EOF
+}
+
 case "${1:-}" in
     "") start ;;
+    -h|--help|help)
+        usage
+        install requirements.txt
+        exec "$PY" ankisync.py --help
+        ;;
     test)
         shift
         install requirements-test.txt

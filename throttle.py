@@ -116,7 +116,7 @@ def guard(callback):
             bottle.response.set_header("Retry-After", str(wait))
             return {"message": f"too many failed logins from {address}: wait {wait} s, then"
                                " log in with the right API key (a lost key is replaced with"
-                               " `python ankisync.py api-key`)", "retryAfter": wait}
+                               " `./run.sh api-key`)", "retryAfter": wait}
         try:
             answer = callback(*args, **kwargs)
         except Exception as error:

@@ -149,7 +149,7 @@ def make_cards(settings, batch, claim_more):
             synced = sync(settings)
             for job_id in added:
                 log.info("job %s: %s", job_id, "synced" if synced else
-                         "not synced: no sync login yet (python ankisync.py login USER)")
+                         "not synced: no sync login yet (./run.sh login USER)")
         except TaskTimeout:
             raise
         except Exception as error:
@@ -184,7 +184,7 @@ def session(settings):
         raise SyncAuthError(
             f"the sync login was made for {stored.get('login_endpoint') or config.ANKIWEB},"
             f" but ANKISYNC_SYNC_ENDPOINT is now {settings.sync_endpoint or config.ANKIWEB}:"
-            f" run `python ankisync.py login USERNAME` again")
+            f" run `./run.sh login USERNAME` again")
     return stored
 
 

@@ -154,16 +154,35 @@ def test_no_api_key_printed_into_the_journal(clean_copy, tmp_path, started):
     assert "api_key_sha256" not in (tmp_path / "data" / "credentials.json").read_text()
 
 
+def readme_install_command():
+    """The README's line that writes the unit, up to where it pipes into `sudo tee`."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"(?ms)^(: \S.*?deploy/ankisync\.service) \| sudo tee ", readme)
+    assert found, "the README's install command changed shape"
+    return found.group(1).replace("\\\n", " ")
+
+
+def install_unit(clean_copy, user):
+    return subprocess.run(["sh", "-c", readme_install_command()], cwd=clean_copy,
+                          env=dict(os.environ, PWD=str(clean_copy), USER=user),
+                          capture_output=True, text=True)
+
+
 def installed_unit(clean_copy, tmp_path):
     """The unit as the README's install command makes it for the clean copy."""
     user = pwd.getpwuid(os.getuid()).pw_name  # verify needs a real ExecStart, not a real user
-    text = subprocess.run(
-        ["sh", "-c", 'sed -e "s|@DIR@|$PWD|g" -e "s|@USER@|$USER|g" deploy/ankisync.service'],
-        cwd=clean_copy, env=dict(os.environ, PWD=str(clean_copy), USER=user),
-        capture_output=True, text=True, check=True).stdout
+    result = install_unit(clean_copy, user)
+    assert result.returncode == 0, result.stderr
     path = tmp_path / "ankisync.service"
-    path.write_text(text)
-    return path, text
+    path.write_text(result.stdout)
+    return path, result.stdout
+
+
+def test_unit_install_command_refuses_an_empty_user(clean_copy):
+    """An empty User= would run the service as root: the command stops, loudly."""
+    result = install_unit(clean_copy, "")
+    assert result.returncode != 0 and result.stdout == ""
+    assert "USER" in result.stderr and "is empty" in result.stderr, result.stderr
 
 
 def test_systemd_unit_passes_verify(clean_copy, tmp_path):
