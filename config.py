@@ -71,7 +71,12 @@ def _web_origins(value):
 
 
 def _hosts(value):
-    return [host.strip().lower() for host in value.split(",") if host.strip()]
+    hosts = [host.strip().lower().rstrip(".") for host in value.split(",") if host.strip()]
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", host):
+            raise ValueError(f"{host!r} is not a host name: write names only, such as"
+                             " anki.home.example (no scheme, port or path), comma-separated")
+    return hosts
 
 
 def _level(value):

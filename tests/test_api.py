@@ -335,6 +335,12 @@ def test_cors_origins_that_are_not_origins_stop_the_start(tmp_path, value, where
     assert result.returncode == 1 and f"from {data / '.env'}" in result.stderr, where
 
 
+def test_allowed_hosts_must_be_names(tmp_path):
+    result = Service(tmp_path / "data", ANKISYNC_ALLOWED_HOSTS="https://anki.example").cli("serve")
+    assert result.returncode == 1 and "ANKISYNC_ALLOWED_HOSTS='https://anki.example'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_setup_takes_the_google_key_from_a_file_or_stdin_never_argv(tmp_path, fake_tts):
     from conftest import GOOGLE_KEY
     service = Service(tmp_path / "data", ANKISYNC_GOOGLE_TTS_ENDPOINT=fake_tts.url,
