@@ -15,11 +15,14 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
 import bottle
+import nh3
 
 import auth
 import config
@@ -53,6 +56,14 @@ CLOZE_MARK = re.compile(r"\{\{c[0-9]+::")
 ALLOWED_HEADERS = "content-type, x-access-token, authorization, idempotency-key"
 # Error types of a failed job -> HTTP status of a ?async=false answer
 FAILURE_STATUS = {"BadNote": 400, "TimeoutError": 504}
+# Card fields are HTML in Anki, and its reviewer (desktop, AnkiDroid) runs any
+# script in them: a card keeps only these inline tags, without attributes. Text
+# comes out as HTML too ("a < b" becomes "a &lt; b"), which Anki shows as sent.
+CARD_TAGS = {"b", "i", "u", "em", "strong", "br", "sub", "sup"}
+# ?async=false requests that may wait for the worker at once; each holds one of
+# waitress's 16 threads, so login, health and status always keep most of them.
+MAX_WAITERS = 4
+_waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
 app = bottle.Bottle()
 
@@ -131,6 +142,42 @@ def _after_request():
     add_cors_headers(bottle.response)
 
 
+@functools.lru_cache(maxsize=1)
+def known_hosts():
+    """Names this server answers to: localhost, this machine's name, the listen host, and
+    ANKISYNC_ALLOWED_HOSTS. IP addresses are always fine (a page cannot rebind them)."""
+    name = socket.gethostname().lower()
+    short = name.split(".")[0]
+    return {"localhost", name, short, short + ".local", settings().listen[0].lower(),
+            *settings().allowed_hosts}
+
+
+@app.hook("before_request")
+def check_host():
+    """Refuse a Host that is not ours: a DNS-rebinding page on evil.example that now
+    resolves to this machine sends Host: evil.example, and would read our answers."""
+    host = bottle.request.environ.get("HTTP_HOST", "").strip().lower()
+    if not host:  # HTTP/1.0 without Host: not a browser
+        return
+    if host.startswith("["):  # [::1]:5000
+        name = host[1:].partition("]")[0]
+    else:  # name:port, or a bare IPv6 address
+        name = host.partition(":")[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in name else socket.AF_INET, name)
+        return
+    except OSError:
+        pass
+    if name in known_hosts() or name.endswith(".localhost"):
+        return
+    raise bottle.HTTPResponse(
+        json.dumps({"message": f"this server is not {name!r} (the request's Host header): if"
+                               " you reach ankisync by that name, add it to"
+                               " ANKISYNC_ALLOWED_HOSTS in data/.env and restart"}),
+        status=403, headers={"Content-Type": "application/json"})
+
+
 def _error_page(error):
     """404, 405 and the like from Bottle itself: JSON, never its HTML page."""
     bottle.response.content_type = "application/json"
@@ -196,7 +243,7 @@ def access_claims():
     if not token and bearer.lower().startswith("bearer "):
         token = bearer[7:].strip()
     try:
-        return auth.verify(stored_credentials(), token, "access")
+        return auth.verify(stored_credentials(), token, "access", settings().access_token_ttl)
     except auth.TokenError as error:
         raise ApiError(401, str(error)) from None
 
@@ -215,7 +262,9 @@ def validate_card(data):
         elif len(value) > longest:
             problems[name] = f"is too long: at most {longest} characters"
         else:
-            card[name] = value
+            card[name] = nh3.clean(value, tags=CARD_TAGS, attributes={}) if value else value
+            if required and not card[name].strip():
+                problems[name] = "must not be empty (it held only markup that is not allowed)"
     for name in [name for name in card if name != "englishExample"]:
         if CLOZE_MARK.search(card[name]):
             problems[name] = ("must not hold cloze markers like {{c1::...}}:"
@@ -256,7 +305,8 @@ def refresh():
     token = json_body().get("refreshToken")
     try:
         pair = auth.rotate(db_path(), stored_credentials(), token if isinstance(token, str) else "",
-                           settings().access_token_ttl, settings().refresh_token_ttl)
+                           settings().access_token_ttl, settings().refresh_token_ttl,
+                           settings().refresh_reuse_interval)
     except auth.TokenError as error:
         raise ApiError(401, str(error)) from None
     bottle.response.status = 201
@@ -312,15 +362,38 @@ def service_status(current):
     }
 
 
+@functools.lru_cache(maxsize=1)
+def card_allowance():
+    """Cards per login (token family): a burst, then a steady rate (throttle.Bucket)."""
+    return throttle.Bucket(settings().card_burst, settings().card_rate)
+
+
+def check_card_limits(claims):
+    """429 with Retry-After when this login posts too fast, or too much waits already."""
+    counts = jobs.counts(db_path(), since=float("inf"))  # unfinished ones only
+    queued = sum(counts.get(status, 0) for status in jobs.UNFINISHED)
+    if queued >= settings().max_queued:
+        bottle.response.set_header("Retry-After", "60")
+        raise ApiError(429, f"{queued} cards are waiting for the worker already: try again"
+                            " later (the limit is ANKISYNC_MAX_QUEUED)", retryAfter=60)
+    wait = card_allowance().take(claims.get("fam") or claims["jti"])
+    if wait:
+        bottle.response.set_header("Retry-After", str(wait))
+        raise ApiError(429, f"too many cards from this login: wait {wait} s (the limits are"
+                            " ANKISYNC_CARD_BURST at once and ANKISYNC_CARD_RATE per second)",
+                       retryAfter=wait)
+
+
 @app.post("/api/v1/clozeNotes")
 def add_cloze_note():
-    access_claims()
+    claims = access_claims()
     card = validate_card(json_body())
     if db.disk_full(settings().data_dir):  # the worker could not make it: refuse it now
         raise ApiError(507, db.disk_full_message(settings().data_dir))
     key = bottle.request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > 200:
         raise ApiError(400, "Idempotency-Key is too long: at most 200 characters")
+    check_card_limits(claims)
     import huey_tasks
     try:
         job, created = jobs.create(db_path(), card, key, enqueue=huey_tasks.enqueue_in)
@@ -331,7 +404,15 @@ def add_cloze_note():
     if created:
         log.info("job %s: accepted", job["id"])
     if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
-        return wait_for(job["id"])
+        if _waiters.acquire(blocking=False):
+            try:
+                return wait_for(job["id"])
+            finally:
+                _waiters.release()
+        bottle.response.status = 202
+        bottle.response.set_header("Location", f"/api/v1/tasks/{job['id']}")
+        return {**accepted(job), "message": f"{MAX_WAITERS} requests wait for the worker"
+                " already: this one was accepted without waiting; poll statusUrl"}
     if not created:  # the same request again: the original task, as it stands now
         return {**accepted(job), **jobs.status_body(job)}
     bottle.response.status = 202
@@ -531,13 +612,42 @@ def serve(args):
         log.warning("no API key yet: make one with `./run.sh api-key`")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        server = waitress.create_server(app, host=host, port=port, threads=16, ident="ankisync",
-                                        max_request_body_size=MAX_BODY * 4)
+        server = waitress.create_server(
+            app, host=host, port=port, threads=16, ident="ankisync",
+            max_request_body_size=MAX_BODY * 4,
+            # Slow clients (slowloris: a header byte every few seconds) cost waitress a
+            # socket, not a thread, until connection_limit sockets are open; then it stops
+            # accepting and the API is gone. So: room for many (poll(), not select(), which
+            # fails past 1,024 descriptors; each idle connection costs a few KB), and idle
+            # ones are closed after 30 s, checked every 5 s, instead of 120 s every 30 s.
+            connection_limit=800, asyncore_use_poll=True, channel_timeout=30,
+            cleanup_interval=5)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): is ankisync already"
                           " running? Stop it, or set ANKISYNC_LISTEN to another port") from None
+    server.channel_class = _json_error_channel()
     log.info("API listening on http://%s:%s", host, port)
     server.run()
+
+
+def _json_error_channel():
+    """waitress's channel, with its own errors (body too large, bad request) as JSON."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            self.status = f"{error.code} {error.reason}"
+            reason = (f"request body too large: at most {MAX_BODY} bytes" if error.code == 413
+                      else f"{error.reason.lower()}: {error.body}")
+            body = json.dumps({"message": reason}).encode()
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    return type("JsonErrorChannel", (HTTPChannel,), {"error_task_class": JsonErrorTask})
 
 
 def run_worker(args):
@@ -670,8 +780,24 @@ def check_voice(current, provider, key):
                         voice=current.espeak_voice if provider == "espeak" else current.tts_voice)
 
 
+def read_google_key(path):
+    """The key from --google-key-file: a file, or "-" for a line of stdin (never argv, which
+    every user of the machine sees in ps)."""
+    if not path:
+        return None
+    try:
+        text = sys.stdin.readline() if path == "-" else Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"--google-key-file {path}: cannot read it ({error.strerror})") from None
+    return text.strip() or None
+
+
 def setup_command(args):
     """Sync login, voice and API key: from flags and environment, else by asking."""
+    if args.google_key:
+        raise ConfigError("--google-key shows the key to every user of this machine (ps):"
+                          " put it in a file and use --google-key-file PATH, or pipe it with"
+                          " --google-key-file -, or answer the prompt")
     current = settings()
     init_storage(current)
     log.info("ankisync setup, data dir %s", current.data_dir.resolve())
@@ -685,11 +811,12 @@ def setup_command(args):
     if voice not in ("auto", "google", "espeak", "none"):
         raise ConfigError(f"--tts {voice!r}: expected auto, google, espeak or none")
     stored_key = stored_credentials().get("google_api_key")
-    key = args.google_key or current.google_api_key or stored_key
+    key = read_google_key(args.google_key_file) or current.google_api_key or stored_key
     if voice in ("auto", "google") and not key:
         key = ask("Google text-to-speech API key (empty to skip): ", secret=True)
         if key is None and voice == "google":
-            raise ConfigError("--tts google needs a key: --google-key or ANKISYNC_GOOGLE_API_KEY")
+            raise ConfigError("--tts google needs a key: --google-key-file PATH (- for stdin),"
+                              " ANKISYNC_GOOGLE_API_KEY_FILE, or the prompt at a terminal")
     provider = tts.choose(voice, key)
     if provider:
         check_voice(current, provider, key)
@@ -733,7 +860,10 @@ def parse_args(argv):
     setup_parser.add_argument("--username", help="sync login (or ANKISYNC_SETUP_USERNAME)")
     setup_parser.add_argument("--tts", choices=("auto", "google", "espeak", "none"),
                               help="voice; stored as ANKISYNC_TTS in DATA_DIR/.env")
-    setup_parser.add_argument("--google-key", help="Google TTS API key, stored in credentials")
+    setup_parser.add_argument("--google-key-file", metavar="PATH",
+                              help="file holding the Google TTS API key (- reads a line of"
+                                   " stdin, after the password); stored in credentials")
+    setup_parser.add_argument("--google-key", help=argparse.SUPPRESS)  # refused: see below
     setup_parser.add_argument("--new-api-key", action="store_true",
                               help="make a new API key even if one exists")
     setup_parser.set_defaults(run=setup_command)

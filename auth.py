@@ -2,9 +2,14 @@
 
 The API key is long and random, so a SHA-256 of it is a safe thing to store
 (a slow hash guards guessable passwords, which this is not). Tokens are HS256
-JWTs signed with the install's own secret. Refresh tokens rotate: each can be
-used once, and a second use of one revokes its whole family, since only a thief
-replays an old refresh token.
+JWTs signed with the install's own secret, which a new API key replaces (so
+every older token, real or forged, stops working). A token that claims to last
+longer than the configured lifetime, or to be issued in the future, is refused:
+only a forger makes those. Refresh tokens rotate: each can be used once, and a
+second use of one revokes its whole family, since only a thief replays an old
+refresh token. One exception: a token used again within the reuse interval
+(`ANKISYNC_REFRESH_REUSE_INTERVAL`, a minute) gets a new pair of the same family,
+because two tabs of the userscript that cached the same token refresh at once.
 """
 
 import hashlib
@@ -53,10 +58,15 @@ def _hash(key):
 
 
 def new_api_key(cred_path):
-    """Make a new API key, store its hash, void every token issued before."""
+    """Make a new API key, store its hash, void every token issued before.
+
+    A new signing secret too: whoever read the old one (a backup, a leak) could
+    otherwise forge tokens of the next generation.
+    """
     key = "ak_" + secrets.token_urlsafe(32)
     data = credentials.ensure_signing_secret(cred_path)
     credentials.update(cred_path, api_key_sha256=_hash(key),
+                       jwt_secret=secrets.token_urlsafe(48),
                        token_generation=data["token_generation"] + 1)
     return key
 
@@ -86,13 +96,16 @@ def issue_pair(db_path, stored, access_ttl, refresh_ttl, family=None):
                      (refresh_jti, family, time.time() + refresh_ttl))
         conn.execute("DELETE FROM ankisync_refresh_tokens WHERE expires_at < ?", (time.time(),))
     return {
-        "accessToken": _token(stored, "access", access_ttl, secrets.token_hex(16)),
+        "accessToken": _token(stored, "access", access_ttl, secrets.token_hex(16), family),
         "refreshToken": _token(stored, "refresh", refresh_ttl, refresh_jti, family),
     }
 
 
-def verify(stored, token, kind):
-    """The token's claims, or TokenError saying why it is refused."""
+def verify(stored, token, kind, ttl):
+    """The token's claims, or TokenError saying why it is refused.
+
+    ttl: the lifetime this kind of token is issued with now (a setting).
+    """
     if not token:
         raise TokenError("missing token: send it in the x-access-token header"
                          " or as Authorization: Bearer <token>")
@@ -111,23 +124,31 @@ def verify(stored, token, kind):
                          else f"this is not a {kind} token")
     if claims.get("gen") != stored["token_generation"]:
         raise TokenError("token issued before the API key was changed: log in again")
+    iat, exp = claims["iat"], claims["exp"]
+    if (not isinstance(iat, int) or iat > time.time() + LEEWAY
+            or exp - iat > ttl + LEEWAY):  # PyJWT checks exp and iat are numbers
+        raise TokenError(f"invalid {kind} token: it claims a lifetime this server never"
+                         " issues; log in again")
     return claims
 
 
-def rotate(db_path, stored, token, access_ttl, refresh_ttl):
-    """Swap a refresh token for a new pair; a reused one revokes its family."""
-    claims = verify(stored, token, "refresh")
+def rotate(db_path, stored, token, access_ttl, refresh_ttl, reuse_interval):
+    """Swap a refresh token for a new pair; a reused one revokes its family,
+    unless it was first used less than reuse_interval seconds ago."""
+    claims = verify(stored, token, "refresh", refresh_ttl)
+    now = time.time()
     with db.write(db_path) as conn:
         row = conn.execute("SELECT family, used_at FROM ankisync_refresh_tokens WHERE jti = ?",
                            (claims["jti"],)).fetchone()
         if row is None:
             raise TokenError("refresh token revoked or unknown: log in again")
-        if row["used_at"] is not None:
+        stolen = row["used_at"] is not None and now - row["used_at"] > reuse_interval
+        if stolen:
             conn.execute("DELETE FROM ankisync_refresh_tokens WHERE family = ?", (row["family"],))
-        else:
+        elif row["used_at"] is None:
             conn.execute("UPDATE ankisync_refresh_tokens SET used_at = ? WHERE jti = ?",
-                         (time.time(), claims["jti"]))
-    if row["used_at"] is not None:
+                         (now, claims["jti"]))
+    if stolen:
         raise TokenError("refresh token already used: every token of this login is revoked,"
                          " log in again with the API key")
     return issue_pair(db_path, stored, access_ttl, refresh_ttl, family=row["family"])

@@ -8,6 +8,7 @@ stops the process with a message naming the variable, the value and its source.
 import functools
 import ipaddress
 import os
+import re
 from collections import namedtuple
 from pathlib import Path
 
@@ -78,6 +79,30 @@ def _targets(value):
     return tuple(targets)
 
 
+def _web_origins(value):
+    """Origins a browser sends (scheme://host[:port]), lower-cased as browsers do, or "*"."""
+    origins = _origins(value)
+    if origins == ["*"]:
+        return origins
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if (not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme)
+                or not re.fullmatch(r"[^/?#@\s]+", rest) or rest.endswith(":")):
+            raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], with no"
+                             " path and no trailing slash, e.g. https://dictionary.cambridge.org"
+                             ' (several separated by commas, or "*" for any)')
+    return [origin.lower() for origin in origins]
+
+
+def _hosts(value):
+    hosts = [host.strip().lower().rstrip(".") for host in value.split(",") if host.strip()]
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", host):
+            raise ValueError(f"{host!r} is not a host name: write names only, such as"
+                             " anki.home.example (no scheme, port or path), comma-separated")
+    return hosts
+
+
 def _level(value):
     value = value.upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -118,7 +143,16 @@ SETTINGS = [
     ("ANKISYNC_RESULT_TTL", "86400", _seconds, "seconds finished jobs stay queryable"),
     ("ANKISYNC_ACCESS_TOKEN_TTL", "3600", _seconds, "seconds an access token lasts"),
     ("ANKISYNC_REFRESH_TOKEN_TTL", "15552000", _seconds, "seconds a refresh token lasts (180 days)"),
-    ("ANKISYNC_CORS_ORIGINS", "*", _origins, "allowed browser origins, comma-separated"),
+    ("ANKISYNC_REFRESH_REUSE_INTERVAL", "60", _seconds,
+     "seconds a used refresh token still returns a pair (two tabs refreshing at once)"),
+    ("ANKISYNC_CORS_ORIGINS", "https://dictionary.cambridge.org", _web_origins,
+     "browser origins allowed to call the API (scheme://host[:port], comma-separated, or *)"),
+    ("ANKISYNC_ALLOWED_HOSTS", "", _hosts,
+     "extra names clients may reach the API by (Host header), comma-separated; IP"
+     " addresses, localhost and this machine's name always work"),
+    ("ANKISYNC_CARD_BURST", "300", _count, "cards one login may post at once before 429"),
+    ("ANKISYNC_CARD_RATE", "1", _seconds, "cards per second a login's allowance refills"),
+    ("ANKISYNC_MAX_QUEUED", "2000", _count, "unfinished jobs before new cards get 429"),
     ("ANKISYNC_MAX_ATTEMPTS", "10", _count, "tries of a job before it fails for good"),
     ("ANKISYNC_RETRY_DELAY", "5", _seconds, "first retry delay; doubles each try"),
     ("ANKISYNC_RETRY_MAX_DELAY", "600", _seconds, "longest delay between tries"),
@@ -207,6 +241,13 @@ def update_env_file(path, **values):
     path.write_text("\n".join(lines) + "\n")
 
 
+def _read_secret(path, name):
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"{name}={path}: cannot read it ({error.strerror})") from None
+
+
 def load(environ=None):
     """Settings from the environment, the data dir's .env file and the defaults."""
     environ = os.environ if environ is None else environ
@@ -217,6 +258,8 @@ def load(environ=None):
     for name, default, parse, _ in SETTINGS:
         if name in environ:
             raw, source = environ[name], "environment"
+        elif "KEY" in name and environ.get(name + "_FILE"):  # a secret kept out of ps and env
+            raw, source = _read_secret(environ[name + "_FILE"], name + "_FILE"), name + "_FILE"
         elif name in file_values:
             raw, source = file_values[name], str(env_file)
         else:

@@ -1,8 +1,13 @@
-"""Failed-login throttling, per client address, in the web process's memory.
+"""Throttles, in the web process's memory: failed logins per client address,
+and cards per login.
 
 After LIMIT failed logins (or refreshes) within WINDOW seconds an address is
-locked out: it gets 429 with Retry-After, whatever it sends, for FIRST_LOCKOUT
-seconds, doubling with each lock-out in a row up to MAX_LOCKOUT. Guessing a
+locked out: a wrong key or a bad refresh token from it gets 429 with
+Retry-After for FIRST_LOCKOUT seconds, doubling with each lock-out in a row up
+to MAX_LOCKOUT. The right key and a valid refresh token always pass: the
+credential is checked first (in constant time), so the lock-out stops only
+guesses, and a page or a neighbour sharing the user's address cannot lock the
+user out by failing on purpose. Guessing a
 256-bit API key is hopeless anyway; this keeps a guesser from burning CPU and
 log space, while the real user who mistyped a key waits seconds, not hours. A
 success clears the address; an address that stays quiet for WINDOW after its
@@ -106,26 +111,53 @@ LOGINS = Throttle()
 
 
 def guard(callback):
-    """Route decorator: 429 for a locked-out address; count 401/403, clear on success."""
+    """Route decorator: a refused credential counts against the address, and gets 429
+    while the address is locked out; a good one passes and clears the address."""
     @functools.wraps(callback)
     def wrapper(*args, **kwargs):
         address = client(bottle.request.environ)
-        wait = LOGINS.wait(address)
-        if wait:
+        try:
+            answer = callback(*args, **kwargs)
+        except Exception as error:
+            if getattr(error, "status", None) not in REFUSED:
+                raise
+            wait = LOGINS.wait(address)
+            if not wait:
+                lockout = LOGINS.failed(address)
+                if lockout:
+                    log.warning("%s locked out for %g s after %d failed logins",
+                                address, lockout, LOGINS.limit)
+                raise
             bottle.response.status = 429
             bottle.response.set_header("Retry-After", str(wait))
             return {"message": f"too many failed logins from {address}: wait {wait} s, then"
                                " log in with the right API key (a lost key is replaced with"
                                " `./run.sh api-key`)", "retryAfter": wait}
-        try:
-            answer = callback(*args, **kwargs)
-        except Exception as error:
-            if getattr(error, "status", None) in REFUSED:
-                lockout = LOGINS.failed(address)
-                if lockout:
-                    log.warning("%s locked out for %g s after %d failed logins",
-                                address, lockout, LOGINS.limit)
-            raise
         LOGINS.succeeded(address)
         return answer
     return wrapper
+
+
+class Bucket:
+    """Token buckets by key (a login): `size` at once, refilled at `rate` per second.
+
+    A person clicking words never notices; a script with a stolen token cannot
+    post thousands of cards (each one paid TTS calls) in seconds.
+    """
+
+    def __init__(self, size, rate, keys=MAX_ADDRESSES, clock=time.monotonic):
+        self.size, self.rate, self.keys, self.clock = size, rate, keys, clock
+        self._lock = threading.Lock()
+        self._table = collections.OrderedDict()  # key -> (tokens, when), least recent first
+
+    def take(self, key):
+        """Take one; 0 when taken, else the whole seconds until one is there."""
+        now = self.clock()
+        with self._lock:
+            tokens, when = self._table.pop(key, (self.size, now))
+            tokens = min(self.size, tokens + (now - when) * self.rate)
+            wait = 0 if tokens >= 1 else math.ceil((1 - tokens) / self.rate)
+            self._table[key] = (tokens - 1 if not wait else tokens, now)
+            while len(self._table) > self.keys:  # forgotten keys start full: no harm
+                self._table.popitem(last=False)
+        return wait

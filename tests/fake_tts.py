@@ -47,6 +47,8 @@ class FakeTTS:
         self.requests = []  # {"body": dict, "key": str | None, "path": str}
         self._lock = threading.Lock()
         self._failures = []  # statuses the next requests answer with, in order
+        self._open = threading.Event()  # cleared by hold(): requests wait until release()
+        self._open.set()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         # A client that gave up (timeout) closes its socket before a slow answer.
@@ -63,8 +65,16 @@ class FakeTTS:
         with self._lock:
             self._failures.extend([status] * n)
 
+    def hold(self):
+        """Make requests wait (holding the worker in its TTS step) until release()."""
+        self._open.clear()
+
+    def release(self):
+        self._open.set()
+
     def reset(self):
         """Answer normally again, forgetting requests seen and failures asked for."""
+        self._open.set()
         with self._lock:
             self.status, self.delay = 200, 0.0
             self.requests.clear()
@@ -132,6 +142,7 @@ def _make_handler(fake):
             key = (urllib.parse.parse_qs(url.query).get("key", [None])[0]
                    or self.headers.get("x-goog-api-key"))
             status, payload = fake._answer(key, body, url.path)
+            fake._open.wait(120)  # bounded: a forgotten release() cannot hang a test run
             if fake.delay:
                 time.sleep(fake.delay)
             data = json.dumps(payload).encode()

@@ -50,7 +50,7 @@ def test_setup_from_flags_checks_each_answer(tmp_path, sync_server, account, fak
     service = Service(tmp_path / "data", ANKISYNC_SYNC_ENDPOINT=sync_server.url,
                       ANKISYNC_GOOGLE_TTS_ENDPOINT=fake_tts.url, ANKISYNC_GOOGLE_API_KEY=None)
     result = service.cli("setup", "--username", account, "--tts", "google",
-                         "--google-key", GOOGLE_KEY, stdin="pass\n")
+                         "--google-key-file", "-", stdin=f"pass\n{GOOGLE_KEY}\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ak_") and result.stdout.count("\n") == 1  # the key alone
     stored = json.loads((service.data_dir / "credentials.json").read_text())
@@ -81,7 +81,7 @@ def test_setup_says_what_failed(tmp_path, sync_server, account, fake_tts):
     result = service.cli("setup", "--username", account, stdin="wrong-password\n")
     assert result.returncode == 1 and "refused username/password" in result.stderr
     assert "Traceback" not in result.stderr
-    result = service.cli("setup", "--tts", "google", "--google-key", "not-a-key")
+    result = service.cli("setup", "--tts", "google", "--google-key-file", "-", stdin="not-a-key\n")
     assert result.returncode == 1 and "ANKISYNC_GOOGLE_API_KEY" in result.stderr
     assert "not-a-key" not in result.stderr
 

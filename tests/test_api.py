@@ -2,13 +2,16 @@
 
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 import time
 
 import jwt
 import pytest
 
-from service import CARD, Service
+from service import CARD, ROOT, Service
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +70,62 @@ def test_bearer_header_works_like_x_access_token(api):
     assert status == 200
 
 
-def test_refresh_rotates_and_detects_reuse(api):
+def refresh(api, token):
+    return api.call("POST", "/api/v1/refresh", {"refreshToken": token}, token=None)
+
+
+def test_two_tabs_refreshing_with_the_same_token_both_stay_logged_in(api):
+    """The userscript caches the refresh token per tab: both tabs refresh with it."""
     first = api.call("POST", "/api/v1/login", {"key": api.api_key}, token=None)[2]
-    status, _, second = api.call("POST", "/api/v1/refresh",
-                                 {"refreshToken": first["refreshToken"]}, token=None)
-    assert status == 201 and second["refreshToken"] != first["refreshToken"]
-    assert api.call("GET", "/api/v1/health", token=second["accessToken"])[0] == 200
-    # the used token is refused, and its reuse revokes the newer one too
-    status, _, body = api.call("POST", "/api/v1/refresh",
-                               {"refreshToken": first["refreshToken"]}, token=None)
-    assert status == 401 and "already used" in body["message"]
-    status, _, _ = api.call("POST", "/api/v1/refresh",
-                            {"refreshToken": second["refreshToken"]}, token=None)
-    assert status == 401
-    access = api.call("POST", "/api/v1/login", {"key": api.api_key}, token=None)[2]["accessToken"]
-    status, _, _ = api.call("POST", "/api/v1/refresh", {"refreshToken": access}, token=None)
-    assert status == 401
+    status_a, _, tab_a = refresh(api, first["refreshToken"])
+    status_b, _, tab_b = refresh(api, first["refreshToken"])  # within the reuse interval
+    assert (status_a, status_b) == (201, 201), tab_b
+    for tab in (tab_a, tab_b):
+        assert api.call("GET", "/api/v1/health", token=tab["accessToken"])[0] == 200
+        status, _, later = refresh(api, tab["refreshToken"])
+        assert status == 201, later
+        assert api.call("GET", "/api/v1/health", token=later["accessToken"])[0] == 200
+
+
+def test_refresh_rotates_and_reuse_after_the_interval_revokes(tmp_path):
+    service = Service(tmp_path / "data", ANKISYNC_REFRESH_REUSE_INTERVAL="1")
+    service.start()
+    try:
+        first = service.call("POST", "/api/v1/login", {"key": service.api_key}, token=None)[2]
+        status, _, second = refresh(service, first["refreshToken"])
+        assert status == 201 and second["refreshToken"] != first["refreshToken"]
+        assert service.call("GET", "/api/v1/health", token=second["accessToken"])[0] == 200
+        time.sleep(1.2)  # the reuse interval passes
+        # the used token is refused, and its reuse revokes the newer one too
+        status, _, body = refresh(service, first["refreshToken"])
+        assert status == 401 and "already used" in body["message"]
+        status, _, body = refresh(service, second["refreshToken"])
+        assert status == 401 and "revoked" in body["message"]
+        access = service.call("POST", "/api/v1/login", {"key": service.api_key},
+                              token=None)[2]["accessToken"]
+        assert refresh(service, access)[0] == 401
+    finally:
+        service.kill()
+
+
+def test_tokens_claiming_more_than_the_configured_lifetime_are_refused(api):
+    stored = secret(api)
+    now = int(time.time())
+    claims = {"iss": "ankisync", "iat": now, "type": "access", "jti": "x",
+              "gen": stored["token_generation"]}
+    year_9999 = int(time.mktime((9999, 1, 1, 0, 0, 0, 0, 0, 0)))
+    for why, extra in [("exp in 9999", {"exp": year_9999}),
+                       ("a day", {"exp": now + 86400}),
+                       ("issued tomorrow", {"iat": now + 86400, "exp": now + 86400 + 60})]:
+        forged = jwt.encode({**claims, **extra}, stored["jwt_secret"], algorithm="HS256")
+        status, _, body = api.call("GET", "/api/v1/health", token=forged)
+        assert status == 401 and "invalid access token" in body["message"], (why, body)
+    refresh_claims = {**claims, "type": "refresh", "fam": "f", "exp": year_9999}
+    forged = jwt.encode(refresh_claims, stored["jwt_secret"], algorithm="HS256")
+    assert refresh(api, forged)[0] == 401
+    # one within the lifetime, signed alike, passes: the refusals above are for the claims
+    fine = jwt.encode({**claims, "exp": now + 600}, stored["jwt_secret"], algorithm="HS256")
+    assert api.call("GET", "/api/v1/health", token=fine)[0] == 200
 
 
 @pytest.mark.parametrize("change, field, why", [
@@ -169,8 +212,17 @@ def test_api_key_command_prints_only_the_key_and_voids_old_tokens(tmp_path):
     service.start()
     try:
         token = service.login()
+        old = secret(service)
         new_key = service.cli("api-key").stdout.strip()
         assert service.call("GET", "/api/v1/health", token=token)[0] == 401
+        # whoever read the old secret cannot forge tokens of the next generation
+        assert secret(service)["jwt_secret"] != old["jwt_secret"]
+        now = int(time.time())
+        forged = jwt.encode({"iss": "ankisync", "iat": now, "exp": now + 600, "type": "access",
+                             "jti": "x", "gen": old["token_generation"] + 1},
+                            old["jwt_secret"], algorithm="HS256")
+        status, _, body = service.call("GET", "/api/v1/health", token=forged)
+        assert status == 401, body
         assert service.call("POST", "/api/v1/login", {"key": key}, token=None)[0] == 403
         service.api_key = new_key
         assert service.call("GET", "/api/v1/health", token=service.login())[0] == 200
@@ -230,3 +282,94 @@ def test_readme_lists_every_setting():
     import config
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert config.reference() in readme
+
+
+def test_bodies_over_waitress_cap_get_json_413(api):
+    """Past waitress's own limit the answer comes from waitress: JSON too, not plain text."""
+    for raw in [b"x" * 300_000, json.dumps({**CARD, "word": "x" * 300_000}).encode()]:
+        status, headers, body = api.call("POST", "/api/v1/clozeNotes", raw=raw,
+                                         headers={"Content-Type": "application/json"})
+        assert status == 413 and headers["Content-Type"] == "application/json", body
+        assert "too large" in body["message"]
+    # waitress's other refusals too: a malformed request line
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+        conn.sendall(b"GET /\x01 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n")
+        answer = conn.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.1 400") and "application/json" in answer, answer
+    assert "waitress" not in answer.split("\r\n\r\n", 1)[1]
+
+
+def test_a_client_hanging_up_mid_body_logs_no_traceback(api):
+    before = len(api.logs().splitlines())
+    for head in [b"Content-Length: 5000\r\n", b"Transfer-Encoding: chunked\r\n"]:
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+            conn.sendall(b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\n" + head + b"\r\n" + b'{"key": "a')
+    # a request after the hang-ups is answered, and logged after them: the log is complete
+    marker = "/api/v1/tasks/" + "f" * 32
+    assert api.call("GET", marker)[0] == 404
+    deadline = time.monotonic() + 10
+    while marker not in api.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = api.logs().splitlines()[before:]
+    assert "Traceback" not in "\n".join(new)
+    assert len([line for line in new if "ERROR" in line or "disconnect" in line.lower()]) <= 2
+
+
+@pytest.mark.parametrize("value, where", [
+    ("https://dictionary.cambridge.org/", "trailing slash"),
+    ("https://dictionary.cambridge.org/dictionary", "a path"),
+    ("dictionary.cambridge.org", "no scheme"),
+    ("https://a.example, *", "* among origins"),
+])
+def test_cors_origins_that_are_not_origins_stop_the_start(tmp_path, value, where):
+    service = Service(tmp_path / "data", ANKISYNC_CORS_ORIGINS=value)
+    result = service.cli("serve")
+    assert result.returncode == 1, where
+    assert f"ANKISYNC_CORS_ORIGINS={value!r} from environment" in result.stderr, where
+    assert "scheme://host[:port]" in result.stderr and "Traceback" not in result.stderr
+    data = tmp_path / "from-file"  # the same from DATA_DIR/.env, named as the source
+    data.mkdir(exist_ok=True)
+    (data / ".env").write_text(f"ANKISYNC_CORS_ORIGINS={value}\n")
+    result = Service(data).cli("worker")
+    assert result.returncode == 1 and f"from {data / '.env'}" in result.stderr, where
+
+
+def test_allowed_hosts_must_be_names(tmp_path):
+    result = Service(tmp_path / "data", ANKISYNC_ALLOWED_HOSTS="https://anki.example").cli("serve")
+    assert result.returncode == 1 and "ANKISYNC_ALLOWED_HOSTS='https://anki.example'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_setup_takes_the_google_key_from_a_file_or_stdin_never_argv(tmp_path, fake_tts):
+    from conftest import GOOGLE_KEY
+    service = Service(tmp_path / "data", ANKISYNC_GOOGLE_TTS_ENDPOINT=fake_tts.url,
+                      ANKISYNC_GOOGLE_API_KEY=None, ANKISYNC_SYNC_ENDPOINT=None)
+    result = service.cli("setup", "--tts", "google", "--google-key", GOOGLE_KEY)
+    assert result.returncode == 1 and "--google-key-file" in result.stderr
+    assert GOOGLE_KEY not in result.stderr and "Traceback" not in result.stderr
+    assert not (service.data_dir / "credentials.json").exists()  # refused before anything
+    key_file = tmp_path / "google-key"
+    key_file.write_text(GOOGLE_KEY + "\n")
+    result = service.cli("setup", "--tts", "google", "--google-key-file", str(key_file))
+    assert result.returncode == 0, result.stderr
+    assert secret(service)["google_api_key"] == GOOGLE_KEY
+    result = service.cli("setup", "--tts", "google", "--google-key-file", str(tmp_path / "no"))
+    assert result.returncode == 1 and "cannot read it" in result.stderr
+    # the service reads ANKISYNC_GOOGLE_API_KEY_FILE like the variable itself
+    other = Service(tmp_path / "data2", ANKISYNC_GOOGLE_API_KEY=None,
+                    ANKISYNC_GOOGLE_API_KEY_FILE=str(key_file))
+    assert json.loads(other.cli("status", "--json").stdout)["tts"] == "google"
+    # and while setup runs, ps shows no key
+    slow = subprocess.Popen([sys.executable, str(ROOT / "ankisync.py"), "setup", "--tts", "google",
+                             "--google-key-file", "-"], env=service.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "setup --tts google --google-key-file -" in listing
+        assert GOOGLE_KEY not in listing
+        out, err = slow.communicate(GOOGLE_KEY + "\n", timeout=60)
+        assert slow.returncode == 0, err
+    finally:
+        slow.kill()

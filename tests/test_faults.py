@@ -121,7 +121,7 @@ def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account
 
 
 def test_web_process_killed_while_clients_post(make_service, sync_server, account, tmp_path):
-    service = make_service()
+    service = make_service(ANKISYNC_CARD_BURST=5000)  # 1,000 cards from one login, and retries
     service.sync_login(account)
     service.login()
     keys = [str(uuid.uuid4()) for _ in range(4 * 250)]
@@ -246,7 +246,7 @@ def test_failed_jobs_are_listed_retried_and_pending_ones_cancelled(make_service,
 
 
 def test_concurrent_load_loses_nothing(make_service, sync_server, account, tmp_path):
-    service = make_service()
+    service = make_service(ANKISYNC_CARD_BURST=5000)  # 800 cards from one login at once
     service.sync_login(account)
     service.login()
     results, errors = [], []

@@ -55,15 +55,15 @@ def login(service, key, source):
 # --- login throttling -----------------------------------------------------------
 
 def lock_out(service, source):
-    """Fail throttle.LIMIT logins from source; the answer to one more try, the right key."""
+    """Fail throttle.LIMIT logins from source; the answer to one more wrong key."""
     for _ in range(throttle.LIMIT):
         assert login(service, "ak_wrong", source)[0] == 403
-    return login(service, service.api_key, source)
+    return login(service, "ak_wrong", source)
 
 
-def test_login_throttling_kicks_in_and_releases(api):
+def test_lockout_stops_wrong_guesses_and_releases(api):
     status, headers, body = lock_out(api, "127.0.2.1")
-    assert status == 429, body  # even the right key: a guesser learns nothing while locked
+    assert status == 429, body
     wait = int(headers["Retry-After"])
     assert 1 <= wait <= throttle.FIRST_LOCKOUT and str(wait) in body["message"]
     assert headers["Content-Type"] == JSON
@@ -71,17 +71,26 @@ def test_login_throttling_kicks_in_and_releases(api):
                           source="127.0.2.1")
     assert status == 429, raw
     # X-Forwarded-For is anyone's to write: it does not move the caller elsewhere
-    status, _, _ = send(api, "POST", "/api/v1/login", {"key": api.api_key},
+    status, _, _ = send(api, "POST", "/api/v1/login", {"key": "ak_wrong"},
                         headers={"X-Forwarded-For": "127.0.2.2"}, source="127.0.2.1")
     assert status == 429
     # another address is not locked out
-    assert login(api, api.api_key, "127.0.2.2")[0] == 201
+    assert login(api, "ak_wrong", "127.0.2.2")[0] == 403
 
     time.sleep(wait + 0.1)
-    assert login(api, api.api_key, "127.0.2.1")[0] == 201
-    # that success cleared the address: the next lock-out is the first, short one again
-    status, headers, _ = lock_out(api, "127.0.2.1")
-    assert status == 429 and int(headers["Retry-After"]) <= throttle.FIRST_LOCKOUT
+    assert login(api, "ak_wrong", "127.0.2.1")[0] == 403  # released: a plain refusal again
+
+
+def test_the_right_key_and_a_valid_refresh_token_pass_a_lockout(api):
+    """Whoever shares the user's address (a page, a neighbour) cannot lock the user out."""
+    pair = login(api, api.api_key, "127.0.2.5")[2]
+    assert lock_out(api, "127.0.2.5")[0] == 429
+    status, _, raw = send(api, "POST", "/api/v1/refresh", {"refreshToken": pair["refreshToken"]},
+                          source="127.0.2.5")
+    assert status == 201, raw
+    assert lock_out(api, "127.0.2.5")[0] == 429
+    status, _, body = login(api, api.api_key, "127.0.2.5")
+    assert status == 201 and body["accessToken"], body
 
 
 def test_lockouts_grow_while_failures_go_on(api):
@@ -97,7 +106,7 @@ def test_failed_refreshes_count_too(api):
         status, _, _ = send(api, "POST", "/api/v1/refresh", {"refreshToken": "forged"},
                             source="127.0.2.4")
         assert status == 401
-    assert login(api, api.api_key, "127.0.2.4")[0] == 429
+    assert login(api, "ak_wrong", "127.0.2.4")[0] == 429
 
 
 def test_throttle_table_forgets_and_stays_bounded():
@@ -138,7 +147,27 @@ def test_throttle_is_per_ipv4_address_and_per_ipv6_64():
 
 # --- CORS -------------------------------------------------------------------------
 
-def test_cors_wildcard_never_allows_credentials(api):
+@pytest.fixture(scope="module")
+def wildcard(tmp_path_factory):
+    service = Service(tmp_path_factory.mktemp("wildcard") / "data", ANKISYNC_CORS_ORIGINS="*",
+                      ANKISYNC_GOOGLE_API_KEY=None, ANKISYNC_SYNC_ENDPOINT=None)
+    service.start()
+    yield service
+    service.kill()
+
+
+def test_cors_default_allows_the_dictionary_site_only(api):
+    for method, path in [("GET", "/api/v1/health"), ("OPTIONS", "/api/v1/clozeNotes"),
+                         ("POST", "/api/v1/login")]:
+        _, got, _ = send(api, method, path, headers={"Origin": "https://dictionary.cambridge.org"})
+        assert got["Access-Control-Allow-Origin"] == "https://dictionary.cambridge.org"
+        for other in ["https://x.example", "http://dictionary.cambridge.org", "null"]:
+            _, got, _ = send(api, method, path, headers={"Origin": other})
+            assert "Access-Control-Allow-Origin" not in got, (method, other)
+
+
+def test_cors_wildcard_never_allows_credentials(wildcard):
+    api = wildcard
     token = api.login()
     for method, path, headers in [
             ("GET", "/", {}),
@@ -155,6 +184,7 @@ def test_cors_wildcard_never_allows_credentials(api):
 def listed(tmp_path_factory):
     service = Service(tmp_path_factory.mktemp("cors") / "data",
                       ANKISYNC_CORS_ORIGINS="https://a.example, https://b.example",
+                      ANKISYNC_ALLOWED_HOSTS="anki.example",
                       ANKISYNC_GOOGLE_API_KEY=None, ANKISYNC_SYNC_ENDPOINT=None)
     service.start()
     yield service
@@ -174,6 +204,23 @@ def test_cors_with_a_list_of_origins(listed, method, path):
     assert got.get_all("Vary") == ["Origin"]  # a cache must not serve a's answer to others
     _, got, _ = send(listed, method, path)
     assert "Access-Control-Allow-Origin" not in got
+
+
+def test_a_foreign_host_name_is_refused(api, listed):
+    """DNS rebinding: a page on evil.example that now resolves to 127.0.0.1 sends its name."""
+    for host in ["evil.example", "evil.example:%d" % api.port, "localhost.evil.example"]:
+        status, got, raw = send(api, "GET", "/api/v1/health", headers={"Host": host})
+        assert status == 403 and got["Content-Type"] == JSON, (host, raw)
+        assert "ANKISYNC_ALLOWED_HOSTS" in json.loads(raw)["message"]
+        assert send(api, "POST", "/api/v1/login", {"key": api.api_key},
+                    headers={"Host": host})[0] == 403
+    import socket
+    for host in ["127.0.0.1:%d" % api.port, "localhost:%d" % api.port, "[::1]:%d" % api.port,
+                 "localhost", "192.0.2.7", socket.gethostname(), "ankisync.localhost"]:
+        assert send(api, "GET", "/", headers={"Host": host})[0] == 200, host
+    # a name the user configured (listed has ANKISYNC_ALLOWED_HOSTS=anki.example)
+    assert send(listed, "GET", "/", headers={"Host": "anki.example:443"})[0] == 200
+    assert send(listed, "GET", "/", headers={"Host": "evil.example"})[0] == 403
 
 
 def test_preflight_names_the_methods_and_headers(listed):
@@ -196,7 +243,9 @@ WRONG_PASSWORD = "Wr0ng-Pa55-abc"
 def test_logs_hold_no_secrets(make_service, tmp_path):
     """A whole run, from login to a synced card, leaves no secret in logs or CLI output."""
     with SyncServer(tmp_path / "sync", users={"alice": PASSWORD}) as sync:
-        service = make_service(ANKISYNC_SYNC_ENDPOINT=sync.url)
+        # no reuse interval to speak of, so the reuse below revokes (and is logged)
+        service = make_service(ANKISYNC_SYNC_ENDPOINT=sync.url,
+                               ANKISYNC_REFRESH_REUSE_INTERVAL="0.001")
         outputs = []
         refused = service.cli("login", "alice", stdin=WRONG_PASSWORD + "\n")
         assert refused.returncode != 0
@@ -242,3 +291,138 @@ def test_logs_hold_no_secrets(make_service, tmp_path):
             data = path.read_bytes()
             for name in ["API key", "password", "wrong password", "token 0", "token 2"]:
                 assert secrets[name].encode() not in data, f"the {name} is in {path}"
+
+
+# --- floods: cards per login, the queue, ?async=false, slow connections ----------------
+
+def count_jobs(service):
+    return sum(service.call("GET", "/api/v1/health")[2]["jobs"].values())
+
+
+def test_cards_per_login_and_the_queue_are_capped(make_service, fake_tts):
+    service = make_service(ANKISYNC_CARD_BURST=4, ANKISYNC_CARD_RATE=0.01,
+                           ANKISYNC_MAX_QUEUED=3)
+    fake_tts.hold()  # the worker stays on the first card: the others wait in the queue
+    try:
+        tasks = [service.post_card()[1]["taskId"] for _ in range(3)]
+        before = count_jobs(service)
+        status, headers, body = service.call("POST", "/api/v1/clozeNotes", CARD)
+        assert status == 429 and "ANKISYNC_MAX_QUEUED" in body["message"], body
+        assert int(headers["Retry-After"]) > 0 and count_jobs(service) == before
+    finally:
+        fake_tts.release()
+    for task in tasks:
+        assert service.wait(task)[0]["status"] == "success"
+    assert service.post_card()[0] == 202  # the fourth card of this login's burst
+    before = count_jobs(service)
+    status, headers, body = service.call("POST", "/api/v1/clozeNotes", CARD)
+    assert status == 429 and "ANKISYNC_CARD_BURST" in body["message"], body
+    assert int(headers["Retry-After"]) == body["retryAfter"] >= 1
+    assert count_jobs(service) == before  # no job for a refused card
+    # the allowance is per login: another login (another token family) has its own
+    service.token = None
+    assert service.post_card()[0] == 202
+
+
+def test_waiting_requests_cannot_starve_login_and_health(make_service, fake_tts):
+    """Twenty ?async=false posts while the worker is held: a few wait, the others are
+    answered 202 at once, and login and health stay reachable."""
+    import concurrent.futures
+    service = make_service()
+    token = service.login()
+    fake_tts.hold()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            posts = [pool.submit(send, service, "POST", "/api/v1/clozeNotes?async=false", CARD,
+                                 {"x-access-token": token}) for _ in range(20)]
+            early = []
+            for future in concurrent.futures.as_completed(posts, timeout=30):
+                early.append(future)
+                if len(early) == 20 - ankisync.MAX_WAITERS:
+                    break
+            answered = [future.result() for future in early]
+            assert all(status == 202 for status, _, _ in answered), answered
+            body = json.loads(answered[0][2])
+            assert "poll statusUrl" in body["message"] and body["statusUrl"]
+            # the waiters are still waiting, and the API answers the rest
+            assert sum(not post.done() for post in posts) == ankisync.MAX_WAITERS
+            assert login(service, service.api_key, "127.0.0.1")[0] == 201
+            status, _, raw = send(service, "GET", "/api/v1/health",
+                                  headers={"x-access-token": token}, timeout=10)
+            assert status == 200, raw
+            fake_tts.release()
+            waited = [post.result(timeout=60) for post in posts if post not in early]
+            assert len(waited) == ankisync.MAX_WAITERS
+            assert all(status == 200 for status, _, _ in waited), waited
+    finally:
+        fake_tts.release()
+
+
+def test_slow_connections_do_not_take_the_api_down(api):
+    """Slowloris: 100 connections that drip a header byte every 2 s, for a bounded time;
+    meanwhile new clients log in and read health (loopback only)."""
+    import socket
+    import threading
+    stop = threading.Event()
+    slow = []
+    try:
+        for _ in range(100):
+            conn = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+            conn.sendall(b"POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.append(conn)
+
+        def drip():
+            while not stop.wait(2):
+                for conn in slow:
+                    try:
+                        conn.sendall(b"X")
+                    except OSError:
+                        pass
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        for _ in range(3):  # three rounds of real clients during the attack (about 6 s)
+            status, _, raw = send(api, "POST", "/api/v1/login", {"key": api.api_key},
+                                  source="127.0.3.1", timeout=10)
+            assert status == 201, raw
+            token = json.loads(raw)["accessToken"]
+            status, _, raw = send(api, "GET", "/api/v1/health",
+                                  headers={"x-access-token": token}, timeout=10)
+            assert status == 200, raw
+            stop.wait(2)
+    finally:
+        stop.set()
+        for conn in slow:
+            conn.close()
+
+
+def test_card_fields_lose_script_but_keep_text_and_bold(make_service, sync_server, account,
+                                                         tmp_path):
+    """Anki's reviewer runs a field's script: none reaches the note on the server."""
+    from anki_server import download_collection, notes_in
+    service = make_service()
+    service.sync_login(account)
+    hostile = {**CARD,
+               "word": "<img src=x onerror=alert(1)>bold",
+               "englishExample": "He <b>told</b> the {{c1::a < b & c}} story"
+                                 "<script>alert(1)</script>.",
+               "englishDefinition": '<a href="javascript:alert(1)">very</a> <i onclick="x()">'
+                                    "unusual</i><br>special",
+               "exampleTranslation": "<svg onload=alert(1)>Er erzählte</svg>",
+               "definitionTranslation": "<iframe src=//x.example></iframe>außergewöhnlich"}
+    status, body = service.post_card(hostile)
+    assert status == 202, body
+    job, _ = service.wait(body["taskId"])
+    assert job["status"] == "success" and job["result"]["synced"], job
+    col = download_collection(tmp_path / "device", sync_server.url, account, "pass")
+    try:
+        fields = notes_in(col)[0]["fields"]
+    finally:
+        col.close()
+    assert fields["Word"] == "bold"
+    assert fields["Text"] == "He <b>told</b> the {{c1::a &lt; b &amp; c}} story."
+    assert fields["EnDefinition"] == "very <i>unusual</i><br>special"
+    assert fields["TextTranslation"] == "Er erzählte"
+    assert fields["DefinitionTranslation"] == "außergewöhnlich"
+    everything = json.dumps(fields).lower()
+    for bad in ["<script", "onerror", "onload", "onclick", "javascript:", "<iframe", "<svg"]:
+        assert bad not in everything
