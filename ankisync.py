@@ -272,6 +272,7 @@ def service_status(current):
         "worker": {"alive": bool(pid), "pid": pid},
         "queue": {status: all_jobs.get(status, 0) for status in jobs.UNFINISHED},
         "jobs": all_jobs,
+        "stuckJobs": jobs.stuck(path),  # started, but past their deadline: run again later
         "last24h": {status: last_day.get(status, 0) for status in ("success", "failure")},
         "sync": {
             "loggedIn": "sync" in stored,
@@ -393,6 +394,11 @@ def task_cancel(job_id):
     access_claims()
     job = find_job(job_id)
     if not jobs.cancel(db_path(), job_id):
+        job = jobs.get(db_path(), job_id)
+        if job["added_at"] is not None and job["status"] != "failure":
+            raise ApiError(409, f"task {job_id} cannot be cancelled: its note is already in the"
+                                " collection and goes to the sync server with the next sync"
+                                " (delete the note in Anki if you do not want it)")
         raise ApiError(409, f"task {job_id} is {job['status']}: only a task that has not"
                             " started can be cancelled")
     return jobs.status_body(jobs.get(db_path(), job_id))

@@ -11,6 +11,7 @@ job's fate is written to the job table. Huey's own results are not stored.
 import datetime
 import json
 import logging
+import sqlite3
 import sys
 import time
 
@@ -21,6 +22,7 @@ from huey.serializer import Serializer
 
 import config
 import jobs
+import tts
 from errors import AnkisyncError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,21 @@ DB = config.db_path(settings)
 # notes go up in one sync. Small enough to finish well within the task timeout.
 BATCH = 50
 PURGE_EVERY = 3600  # seconds between purges of old finished jobs, while busy
-TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); retry it, or raise"
-                   " the timeout if the sync server or text-to-speech is slow")
+TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); it will be retried"
+                   " (raise the timeout if the sync server or text-to-speech is slow)")
+# A job still `started` this long after it was claimed is no longer running
+# (a timeout lands at the latest when a network call returns): the next batch
+# takes it again.
+STALE_AFTER = 2 * settings.task_timeout + 60
 _last_purge = float("-inf")
+
+
+class TaskTimedOut(TransientError):
+    """The job's task ran past ANKISYNC_TASK_TIMEOUT."""
+
+
+class WorkerTrouble(TransientError):
+    """An OS or database error escaped the job (a full disk, a locked collection)."""
 
 
 class JsonSerializer(Serializer):
@@ -72,35 +86,67 @@ def retry_delay(attempts):
     return min(settings.retry_delay * 2 ** (attempts - 1), settings.retry_max_delay)
 
 
-@huey.task(timeout=settings.task_timeout)
-def make_card(job_id):
+@huey.task(timeout=settings.task_timeout, context=True)
+def make_card(job_id, task=None):
     """Make the job's card, and those of other waiting jobs with it."""
-    batch = started(jobs.claim(DB, job_id, BATCH))
+    batch = started(jobs.claim(DB, job_id, BATCH, STALE_AFTER))
     if not batch:
         log.debug("job %s: nothing to do (cancelled, finished or not due)", job_id)
         return
 
     def claim_more():
         """Jobs that came meanwhile join the batch (and its one sync)."""
-        more = started(jobs.claim(DB, None, BATCH - len(batch))) if len(batch) < BATCH else []
+        more = (started(jobs.claim(DB, None, BATCH - len(batch), STALE_AFTER))
+                if len(batch) < BATCH else [])
         batch.extend(more)
         return more
 
-    settled = set()
     try:
         import worker
         outcomes = worker.make_cards(settings, batch, claim_more)
-        for job in batch:
+    except Exception as error:  # every claimed job still gets an outcome
+        if isinstance(error, TaskTimeout) or caused_by(error, TaskTimeout) or (
+                task is not None and task.is_timed_out):
+            # The alarm may land inside anki's code and come out as another error.
+            log.warning("batch of %s jobs timed out after %ss (%s: %s)", len(batch),
+                        settings.task_timeout, type(error).__name__, error)
+            error = TaskTimedOut(TIMEOUT_MESSAGE.format(settings.task_timeout))
+            if "worker" in sys.modules:
+                sys.modules["worker"].drop_collection()
+        outcomes = dict.fromkeys((job["id"] for job in batch), error)
+    for job in batch:
+        try:
             settle(job, outcomes[job["id"]])
-            settled.add(job["id"])
-    except TaskTimeout:
-        for job in batch:
-            if job["id"] not in settled:
-                log.warning("job %s: timed out after %ss", job["id"], settings.task_timeout)
-                jobs.mark_failure(DB, job["id"], "TimeoutError",
-                                  TIMEOUT_MESSAGE.format(settings.task_timeout))
+        except Exception:  # e.g. a full disk: the job stays started till its deadline
+            log.exception("job %s: could not record its outcome; it runs again later", job["id"])
     if time.monotonic() - _last_purge > PURGE_EVERY:
         purge_finished()
+
+
+def caused_by(error, kind):
+    """Whether error was raised while handling (or from) an error of kind."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def expected(error):
+    """The error as one of ours: an OS or database error that escaped a job is transient."""
+    if isinstance(error, AnkisyncError) or not (
+            isinstance(error, (OSError, sqlite3.Error))
+            or type(error).__module__.startswith("anki")):
+        return error  # ours, or a bug (reported as InternalError)
+    text = str(error)
+    if "already open" in text:
+        return WorkerTrouble(
+            "the collection is open in another program (a second ankisync, or Anki, on"
+            " this data dir?): stop it; the job will be retried")
+    return WorkerTrouble(f"the worker could not use its files ({type(error).__name__}: "
+                         f"{text}); the job will be retried; its log has the details")
 
 
 def started(claimed):
@@ -123,6 +169,9 @@ def purge_finished():
 def settle(job, error):
     """The one place a run's outcome becomes the job's status: done, retry, or failed."""
     job_id, attempts = job["id"], job["attempts"]  # attempts counts this run
+    error = expected(error)
+    if error is not None and (jobs.get(DB, job_id) or {}).get("synced_at"):
+        error = None  # the note reached the sync server before the error: a success
     if error is None:
         jobs.mark_success(DB, job_id)
         log.info("job %s: done, %.2fs after it was accepted", job_id,
@@ -153,6 +202,11 @@ def sync_now():
         worker.sync(settings)
     except AnkisyncError as error:
         log.warning("sync failed: %s", error)
+    except Exception as error:
+        if not caused_by(error, TaskTimeout):
+            raise
+        log.warning("sync timed out after %ss", settings.task_timeout)
+        worker.drop_collection()
 
 
 @huey.on_startup()
@@ -202,6 +256,12 @@ def recover():
     at the start of each worker process (Huey starts a new one when one dies).
     No periodic task does this: an idle service must not write to its SD card.
     """
+    left = tts.clean_temporaries(config.media_dir(settings), tts.temp_dir(settings.data_dir))
+    if left:
+        log.info("removed %s clips left half-written", left)
+    # None runs yet in this new worker: a started job was lost, and waits like a new one
+    # (so that it joins a batch rather than syncing alone)
+    jobs.requeue_started(DB)
     held = {task.id for task in huey.pending()} | {task.id for task in huey.scheduled()}
     lost = [job_id for job_id in jobs.unfinished(DB) if job_id not in held]
     for job_id in lost:

@@ -20,13 +20,16 @@ import db
 import jobs
 import notes
 import tts
-from errors import BadNote, SyncAuthError
+from errors import AnkisyncError, BadNote, SyncAuthError
 
 log = logging.getLogger(__name__)
 
 TTS_IN_FLIGHT = 8  # text-to-speech requests at once: fast, yet gentle on the quota
 _collection = None
 _speakers = None  # the thread pool that speaks, made on first use
+# Whether this worker has synced once before adding notes: a restored data dir
+# then finds the server's copies of its notes (by guid) instead of adding them again.
+_pulled = False
 # Held by whoever uses the collection: the job running in the main thread, or
 # the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
 lock = threading.RLock()
@@ -50,6 +53,18 @@ def close():
             _collection = None
 
 
+def drop_collection():
+    """Close the collection after a timeout cut an anki call short; reopened on next use."""
+    global _collection
+    with lock:
+        if _collection is not None:
+            try:
+                _collection.close()
+            except Exception:
+                log.warning("closing the collection after a timeout failed", exc_info=True)
+            _collection = None
+
+
 def _call_timeout(settings):
     # Each network call gets a slice of the job's time, so that a hung server
     # ends in a retry instead of the whole job timing out.
@@ -67,25 +82,36 @@ def speak_all(settings, cards):
 
     A card's clips are {"word": name, "text": name}, or None when no voice is
     set up. The same text is requested once, however many cards hold it.
+    Each job keeps the voice it was first spoken in (a re-run after a change
+    of voice reuses the clips already made, and the note's clips are those).
     """
     global _speakers
     key = google_key(settings)
     provider = tts.choose(settings.tts, key)
     if provider is None:
         return {job_id: None for job_id in cards}
+    voice = settings.espeak_voice if provider == "espeak" else settings.tts_voice
+    voices = jobs.fix_voices(config.db_path(settings), list(cards), [provider, voice])
     options = dict(provider=provider, api_key=key, endpoint=settings.google_tts_endpoint,
-                   timeout=_call_timeout(settings),
-                   voice=settings.espeak_voice if provider == "espeak" else settings.tts_voice)
+                   timeout=_call_timeout(settings), temp_dir=tts.temp_dir(settings.data_dir))
     media = config.media_dir(settings)
     if _speakers is None:
         _speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
-    texts = {text for card in cards.values() for text in (card["word"], card["englishExample"])}
-    futures = {text: _speakers.submit(tts.ensure_clip, media, text, **options) for text in texts}
+
+    def voice_of(job_id):  # another provider than the job's (a key removed): today's voice
+        fixed = voices.get(job_id)
+        return fixed[1] if fixed and fixed[0] == provider else voice
+
+    wanted = {(text, voice_of(job_id)) for job_id, card in cards.items()
+              for text in (card["word"], card["englishExample"])}
+    futures = {(text, spoken_in): _speakers.submit(tts.ensure_clip, media, text,
+                                                   voice=spoken_in, **options)
+               for text, spoken_in in wanted}
     clips = {}
     for job_id, card in cards.items():
         try:
-            clips[job_id] = {"word": futures[card["word"]].result(),
-                             "text": futures[card["englishExample"]].result()}
+            clips[job_id] = {"word": futures[card["word"], voice_of(job_id)].result(),
+                             "text": futures[card["englishExample"], voice_of(job_id)].result()}
         except TaskTimeout:
             raise
         except Exception as error:  # this card's outcome; the others go on
@@ -129,6 +155,8 @@ def make_cards(settings, batch, claim_more):
         more = claim_more()
     spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
     jobs.set_step(path, spoken, "adding")
+    if spoken and not _pulled:
+        pull(settings)
     added = []
     with lock:
         col = collection(settings)
@@ -155,6 +183,20 @@ def make_cards(settings, batch, claim_more):
         except Exception as error:
             outcome.update(dict.fromkeys(added, error))
     return outcome
+
+
+def pull(settings):
+    """The first batch of a worker syncs before adding (one sync per worker start).
+
+    A data dir restored from a backup holds jobs whose notes are already on
+    the server: synced first, the collection has them, and they are found by
+    guid instead of being added a second time.
+    """
+    global _pulled
+    try:
+        _pulled = sync(settings)
+    except AnkisyncError as error:  # the sync after adding will say it; duplicates are undone then
+        log.info("sync before adding failed: %s", error)
 
 
 def reapply(settings, col):
