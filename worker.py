@@ -177,7 +177,7 @@ def make_cards(settings, batch, claim_more):
             synced = sync(settings)
             for job_id in added:
                 log.info("job %s: %s", job_id, "synced" if synced else
-                         "not synced: no sync login yet (python ankisync.py login USER)")
+                         "not synced: no sync login yet (./run.sh login USER)")
         except TaskTimeout:
             raise
         except Exception as error:
@@ -226,7 +226,7 @@ def session(settings):
         raise SyncAuthError(
             f"the sync login was made for {stored.get('login_endpoint') or config.ANKIWEB},"
             f" but ANKISYNC_SYNC_ENDPOINT is now {settings.sync_endpoint or config.ANKIWEB}:"
-            f" run `python ankisync.py login USERNAME` again")
+            f" run `./run.sh login USERNAME` again")
     return stored
 
 
@@ -245,11 +245,13 @@ def sync(settings):
                                        reapply=lambda col: reapply(settings, col),
                                        io_timeout=_call_timeout(settings), wait_media=False)
             # The media sync runs by itself: AnkiConnect may read meanwhile.
-            ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"])
+            ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"],
+                                   auth=outcome["auth"])
     except Exception as error:
         db.set_state(path, last_sync_error=f"{type(error).__name__}: {error}",
                      last_sync_error_at=str(time.time()))
         raise
+    del outcome["auth"]
     if outcome.get("new_endpoint"):
         credentials.update(config.credentials_path(settings),
                            sync={**stored, "endpoint": outcome["new_endpoint"]})

@@ -501,3 +501,30 @@ def test_readme_backup_and_restore_with_waiting_cards_makes_no_duplicates(
         job, _ = service.wait(task_id)
         assert job["status"] == "success" and job["result"]["synced"], job
     assert_exactly_once(tmp_path, sync_server, account, [first["taskId"]] + waiting)
+
+
+def test_moving_to_another_sync_server_carries_every_card_and_clip(make_service, sync_server,
+                                                                   account, tmp_path):
+    from anki_server import SyncServer, download_collection, media_files
+    service = make_service()
+    service.sync_login(account)
+    first = service.wait(service.post_card(card(0))[1]["taskId"])[0]
+    assert first["status"] == "success" and first["result"]["synced"], first
+    with SyncServer(tmp_path / "new-server", users={"mover": "pass"}) as new:
+        assert service.stop() == 0
+        service.env["ANKISYNC_SYNC_ENDPOINT"] = new.url
+        service.start()
+        second = service.wait(service.post_card(card(1))[1]["taskId"])[0]
+        assert second["status"] == "failure", second
+        assert "./run.sh login" in second["error"]["message"], second
+        service.sync_login("mover")  # what the message says, while the service runs
+        jobs = [service.wait(job["taskId"], until=("success",))[0] for job in (first, second)]
+        assert all(job["result"]["synced"] for job in jobs), jobs
+        col = download_collection(tmp_path / "device", new.url, "mover", "pass")
+        try:
+            words = sorted(note["fields"]["Word"] for note in notes_in(col))
+            assert words == ["word0", "word1"], words
+            clips = {clip for job in jobs for clip in job["result"]["audio"].values()}
+            assert media_files(col) == clips
+        finally:
+            col.close()
