@@ -35,8 +35,11 @@ DB = config.db_path(settings)
 # notes go up in one sync. Small enough to finish well within the task timeout.
 BATCH = 50
 PURGE_EVERY = 3600  # seconds between purges of old finished jobs, while busy
-TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); it will be retried"
-                   " (raise the timeout if the sync server or text-to-speech is slow)")
+TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); retry it, or raise"
+                   " the timeout if the sync server or text-to-speech is slow")
+ADDED_TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT) after its note"
+                         " was added; its sync will be retried (raise the timeout if the sync"
+                         " server is slow)")
 # A job still `started` this long after it was claimed is no longer running
 # (a timeout lands at the latest when a network call returns): the next batch
 # takes it again.
@@ -44,8 +47,14 @@ STALE_AFTER = 2 * settings.task_timeout + 60
 _last_purge = float("-inf")
 
 
-class TaskTimedOut(TransientError):
-    """The job's task ran past ANKISYNC_TASK_TIMEOUT."""
+class TaskTimedOut(PermanentError):
+    """The job ran past ANKISYNC_TASK_TIMEOUT before its note was added."""
+    kind = "TimeoutError"
+
+
+class SyncTimedOut(TransientError):
+    """The job ran past ANKISYNC_TASK_TIMEOUT after its note was added: sync again."""
+    kind = "TimeoutError"
 
 
 class WorkerTrouble(TransientError):
@@ -110,10 +119,11 @@ def make_card(job_id, task=None):
             # The alarm may land inside anki's code and come out as another error.
             log.warning("batch of %s jobs timed out after %ss (%s: %s)", len(batch),
                         settings.task_timeout, type(error).__name__, error)
-            error = TaskTimedOut(TIMEOUT_MESSAGE.format(settings.task_timeout))
             if "worker" in sys.modules:
                 sys.modules["worker"].drop_collection()
-        outcomes = dict.fromkeys((job["id"] for job in batch), error)
+            outcomes = {job["id"]: timed_out(job) for job in batch}
+        else:
+            outcomes = dict.fromkeys((job["id"] for job in batch), error)
     for job in batch:
         try:
             settle(job, outcomes[job["id"]])
@@ -121,6 +131,13 @@ def make_card(job_id, task=None):
             log.exception("job %s: could not record its outcome; it runs again later", job["id"])
     if time.monotonic() - _last_purge > PURGE_EVERY:
         purge_finished()
+
+
+def timed_out(job):
+    """The truth about a job its task's timeout cut short: synced, added, or not."""
+    if (jobs.get(DB, job["id"]) or {}).get("added_at") is not None:
+        return SyncTimedOut(ADDED_TIMEOUT_MESSAGE.format(settings.task_timeout))
+    return TaskTimedOut(TIMEOUT_MESSAGE.format(settings.task_timeout))
 
 
 def caused_by(error, kind):
@@ -172,6 +189,7 @@ def settle(job, error):
     error = expected(error)
     if error is not None and (jobs.get(DB, job_id) or {}).get("synced_at"):
         error = None  # the note reached the sync server before the error: a success
+    kind = getattr(error, "kind", type(error).__name__)
     if error is None:
         jobs.mark_success(DB, job_id)
         log.info("job %s: done, %.2fs after it was accepted", job_id,
@@ -179,15 +197,15 @@ def settle(job, error):
     elif isinstance(error, TransientError) and attempts < settings.max_attempts:
         delay = retry_delay(attempts)
         log.info("job %s: attempt %s failed, retrying in %gs: %s", job_id, attempts, delay, error)
-        jobs.mark_retrying(DB, job_id, type(error).__name__, str(error), delay)
+        jobs.mark_retrying(DB, job_id, kind, str(error), delay)
         make_card.schedule((job_id,), delay=delay, id=job_id)
     elif isinstance(error, TransientError):
         log.warning("job %s: giving up after %s attempts: %s", job_id, attempts, error)
-        jobs.mark_failure(DB, job_id, type(error).__name__,
+        jobs.mark_failure(DB, job_id, kind,
                           f"{error} (gave up after {attempts} attempts)")
     elif isinstance(error, PermanentError):
         log.warning("job %s: failed: %s", job_id, error)
-        jobs.mark_failure(DB, job_id, type(error).__name__, str(error))
+        jobs.mark_failure(DB, job_id, kind, str(error))
     else:
         log.error("job %s: unexpected error", job_id, exc_info=error)
         jobs.mark_failure(DB, job_id, "InternalError",

@@ -192,11 +192,44 @@ def pull(settings):
     the server: synced first, the collection has them, and they are found by
     guid instead of being added a second time.
     """
-    global _pulled
     try:
-        _pulled = sync(settings)
+        sync(settings)
     except AnkisyncError as error:  # the sync after adding will say it; duplicates are undone then
         log.info("sync before adding failed: %s", error)
+
+
+def undouble(settings, col):
+    """Remove second notes of one job (same guid), keeping the oldest; how many went.
+
+    A job whose note went up from a data dir later restored from a backup
+    adds it again (another note id) unless a sync brought the first one back
+    before: after the next sync both are here. The older note is the one every
+    device already has; the job's result is pointed at it.
+    """
+    doubled = col.db.all("select guid, id from notes where guid in (select guid from notes"
+                         " group by guid having count(*) > 1) order by id")
+    if not doubled:
+        return 0
+    ours = {notes.note_guid(job["id"]): job for job in jobs.added(config.db_path(settings))}
+    kept, extra = {}, []
+    for guid, note_id in doubled:
+        if guid not in ours:  # another client's doubles are not ours to judge
+            continue
+        if guid in kept:
+            extra.append(note_id)
+        else:
+            kept[guid] = note_id
+    if not extra:
+        return 0
+    col.remove_notes(extra)
+    for guid, note_id in kept.items():
+        job = ours[guid]
+        result = {**json.loads(job["result"] or "{}"), "noteId": note_id,
+                  "cardIds": list(col.card_ids_of_note(note_id))}
+        jobs.mark_added(config.db_path(settings), job["id"], result)
+    log.info("removed %s second copies of notes (a restored backup added them again)",
+             len(extra))
+    return len(extra)
 
 
 def reapply(settings, col):
@@ -232,21 +265,27 @@ def session(settings):
 
 def sync(settings):
     """Sync collection and media; False when there is no login to sync with."""
+    global _pulled
     path = config.db_path(settings)
     stored = session(settings)
     if not stored:
         return False
     began = time.time()
+    options = dict(reapply=lambda col: reapply(settings, col),
+                   io_timeout=_call_timeout(settings))
     try:
         with sync_lock:
             with lock:
                 col = collection(settings)
                 outcome = ankiweb.sync(col, stored["hkey"], stored["endpoint"],
-                                       reapply=lambda col: reapply(settings, col),
-                                       io_timeout=_call_timeout(settings), wait_media=False)
+                                       wait_media=False, **options)
             # The media sync runs by itself: AnkiConnect may read meanwhile.
             ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"],
                                    auth=outcome["auth"])
+            with lock:
+                if outcome["outcome"] != "no_changes" and undouble(settings, col):
+                    ankiweb.sync(col, stored["hkey"], outcome["new_endpoint"]
+                                 or stored["endpoint"], **options)  # the removals go up
     except Exception as error:
         db.set_state(path, last_sync_error=f"{type(error).__name__}: {error}",
                      last_sync_error_at=str(time.time()))
@@ -255,6 +294,7 @@ def sync(settings):
     if outcome.get("new_endpoint"):
         credentials.update(config.credentials_path(settings),
                            sync={**stored, "endpoint": outcome["new_endpoint"]})
+    _pulled = True  # the collection holds what the server had
     jobs.mark_synced(path, began)
     db.set_state(path, last_sync_at=str(time.time()), last_sync_outcome=outcome["outcome"],
                  last_sync_error="")

@@ -202,7 +202,7 @@ def test_wrong_password_is_auth_error(sync_server, account):
 
 def test_bad_session_key_is_auth_error(sync_server, account, col):
     notes.add_card(col, "job-a", CARD, DECK, None, None)
-    with pytest.raises(errors.SyncAuthError, match="ankisync.py login USERNAME"):
+    with pytest.raises(errors.SyncAuthError, match="run.sh login USERNAME"):
         ankiweb.sync(col, "not-a-session-key", sync_server.url, Jobs().reapply)
 
 

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections import Counter
 
+import pytest
+
 import notes
 from anki_server import download_collection, notes_in
 from service import CARD
@@ -365,7 +367,7 @@ def test_a_timeout_in_an_anki_call_is_a_retry_and_ends_in_success(make_service, 
     try:
         task_id = service.post_card()[1]["taskId"]
         job, _ = service.wait(task_id, until=("retrying", "failure"), timeout=30)
-        assert job["status"] == "retrying" and job["error"]["type"] == "TaskTimedOut", job
+        assert job["status"] == "retrying" and job["error"]["type"] == "TimeoutError", job
         assert "ANKISYNC_TASK_TIMEOUT" in job["error"]["message"]
     finally:
         sync_server.resume()
@@ -469,8 +471,9 @@ def test_jobs_recovered_after_a_crash_sync_in_one_batch(make_service, sync_serve
     assert_exactly_once(tmp_path, sync_server, account, [first] + task_ids)
 
 
+@pytest.mark.parametrize("server_down_at_restore", [False, True])
 def test_readme_backup_and_restore_with_waiting_cards_makes_no_duplicates(
-        make_service, sync_server, account, fake_tts, tmp_path):
+        make_service, sync_server, account, fake_tts, tmp_path, server_down_at_restore):
     service = make_service(name="data")
     service.sync_login(account)
     first = service.wait(service.post_card(card(0))[1]["taskId"])[0]
@@ -496,7 +499,16 @@ def test_readme_backup_and_restore_with_waiting_cards_makes_no_duplicates(
 
     shell("rm -rf data && tar -xzf backup.tar.gz && chmod 700 data"
           " && chmod 600 data/credentials.json")
-    service.start()
+    if server_down_at_restore:  # no sync can bring the server's copies before adding
+        sync_server.stop()
+        try:
+            service.start()
+            for task_id in waiting:
+                service.wait(task_id, until=("retrying",))
+        finally:
+            sync_server.start()
+    else:
+        service.start()
     for task_id in waiting:
         job, _ = service.wait(task_id)
         assert job["status"] == "success" and job["result"]["synced"], job
