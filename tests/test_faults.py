@@ -540,3 +540,23 @@ def test_moving_to_another_sync_server_carries_every_card_and_clip(make_service,
             assert media_files(col) == clips
         finally:
             col.close()
+
+
+def test_retrying_jobs_sync_in_one_batch(make_service, sync_server, account, tmp_path):
+    service = make_service()
+    service.sync_login(account)
+    wait_for_log(service, "synced (")
+    sync_server.stop()
+    try:
+        task_ids = [service.post_card(card(n))[1]["taskId"] for n in range(8)]
+        for task_id in task_ids:
+            service.wait(task_id, until=("retrying",))
+        logged = len(service.logs())
+    finally:
+        sync_server.start()
+    for task_id in task_ids:
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    syncs = service.logs()[logged:].count("synced (")
+    assert syncs <= 3, syncs  # not one per job
+    assert_exactly_once(tmp_path, sync_server, account, task_ids)
