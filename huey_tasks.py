@@ -155,7 +155,7 @@ def expected(error):
     """The error as one of ours: an OS or database error that escaped a job is transient."""
     if isinstance(error, AnkisyncError) or not (
             isinstance(error, (OSError, sqlite3.Error))
-            or type(error).__module__.startswith("anki")):
+            or type(error).__module__.split(".")[0] == "anki"):
         return error  # ours, or a bug (reported as InternalError)
     text = str(error)
     if "already open" in text:
