@@ -114,16 +114,18 @@ def make_card(job_id, task=None):
         import worker
         outcomes = worker.make_cards(settings, batch, claim_more)
     except Exception as error:  # every claimed job still gets an outcome
-        if isinstance(error, TaskTimeout) or caused_by(error, TaskTimeout) or (
-                task is not None and task.is_timed_out):
-            # The alarm may land inside anki's code and come out as another error.
-            log.warning("batch of %s jobs timed out after %ss (%s: %s)", len(batch),
-                        settings.task_timeout, type(error).__name__, error)
-            if "worker" in sys.modules:
-                sys.modules["worker"].drop_collection()
-            outcomes = {job["id"]: timed_out(job) for job in batch}
-        else:
-            outcomes = dict.fromkeys((job["id"] for job in batch), error)
+        outcomes = dict.fromkeys((job["id"] for job in batch), error)
+    # The alarm may land inside anki's code, which turns it into another error
+    # (a TypeError): what the task's clock says decides.
+    late = task is not None and task.is_timed_out
+    cut = {job_id for job_id, error in outcomes.items() if error is not None and (
+        caused_by(error, TaskTimeout) or late and not isinstance(error, AnkisyncError))}
+    if cut:
+        log.warning("%s jobs timed out after %ss (%s)", len(cut), settings.task_timeout,
+                    ", ".join(sorted({type(outcomes[job_id]).__name__ for job_id in cut})))
+        if "worker" in sys.modules:
+            sys.modules["worker"].drop_collection()
+        outcomes.update({job["id"]: timed_out(job) for job in batch if job["id"] in cut})
     for job in batch:
         try:
             settle(job, outcomes[job["id"]])
