@@ -88,6 +88,8 @@ def speak_all(settings, cards):
     global _speakers
     key = google_key(settings)
     provider = tts.choose(settings.tts, key)
+    if not cards:
+        return {}
     if provider is None:
         return {job_id: None for job_id in cards}
     voice = settings.espeak_voice if provider == "espeak" else settings.tts_voice
@@ -145,10 +147,15 @@ def make_cards(settings, batch, claim_more):
     while more:
         started = time.monotonic()
         new = {job["id"]: json.loads(job["request"]) for job in more}
-        outcome.update(speak_all(settings, new))
+        # A job whose note is already added (its sync failed) keeps that note's
+        # clips: nothing is spoken again, whatever the voice is now.
+        made = {job["id"]: json.loads(job["result"]).get("audio") for job in more
+                if job["added_at"] is not None and job["result"]}
+        outcome.update(made)
+        outcome.update(speak_all(settings, {i: c for i, c in new.items() if i not in made}))
         cards.update(new)
         took = time.monotonic() - started
-        for job_id in new:
+        for job_id in new.keys() - made.keys():
             if not isinstance(outcome[job_id], Exception):
                 log.info("job %s: %s in %.2fs", job_id,
                          "spoken" if outcome[job_id] else "no voice, no audio", took)

@@ -424,18 +424,29 @@ def test_a_clip_half_written_by_a_killed_worker_reaches_no_device(make_service, 
         col.close()
 
 
+@pytest.mark.parametrize("waiting_for", ["sync", "collection"])
 def test_a_new_voice_does_not_speak_waiting_cards_again(make_service, sync_server, account,
-                                                        fake_tts, tmp_path):
+                                                        fake_tts, tmp_path, waiting_for):
+    from anki.collection import Collection
     from anki_server import download_collection, media_files
     service = make_service()
     service.sync_login(account)
-    sync_server.stop()
+    wait_for_log(service, "synced (")
+    if waiting_for == "sync":  # spoken and added, not synced
+        sync_server.stop()
+    else:  # spoken, not added: another program holds the collection
+        service.stop()
+        other = Collection(str(service.data_dir / "collection.anki2"))
+        service.start()
     try:
         task_id = service.post_card()[1]["taskId"]
-        service.wait(task_id, until=("retrying",))  # spoken and added, not synced
+        service.wait(task_id, until=("retrying",))
         assert service.stop() == 0
     finally:
-        sync_server.start()
+        if waiting_for == "sync":
+            sync_server.start()
+        else:
+            other.close()
     service.env["ANKISYNC_TTS_VOICE"] = "en-GB-Wavenet-B"
     service.start()
     job, _ = service.wait(task_id)
