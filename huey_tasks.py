@@ -275,6 +275,7 @@ def recover():
     it; the job table still says the job is owed. Run when no job is running:
     at the start of each worker process (Huey starts a new one when one dies).
     No periodic task does this: an idle service must not write to its SD card.
+    Clips a killed worker left half-written are removed first.
     """
     left = tts.clean_temporaries(config.media_dir(settings), tts.temp_dir(settings.data_dir))
     if left:

@@ -138,8 +138,10 @@ def _update_if(path, job_id, statuses, sql, *args):
     return cursor.rowcount == 1
 
 
-# A retrying job due this soon joins a batch rather than waiting to sync alone.
-RETRY_SLACK = 5.0
+# A retrying job due this soon joins a batch rather than waiting to sync alone
+# (jobs that failed together are due within milliseconds of each other); a
+# longer slack would cut their backoff short while new cards keep coming.
+RETRY_SLACK = 1.0
 # Others a batch takes: every waiting job, a retrying one nearly due, and one
 # left started by a run that was lost (its deadline, in retry_at, has passed).
 WAITING = ("(status = 'pending' OR status = 'retrying' AND retry_at <= :soon"
