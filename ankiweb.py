@@ -108,8 +108,10 @@ def _full_sync(col: Collection, auth: SyncAuth, upload: bool) -> None:
 
 def _abort_media_sync(col: Collection) -> None:
     col.abort_media_sync()
-    # the aborted run reports Interrupted once it has stopped
-    with contextlib.suppress(Interrupted):
+    # The aborted run reports Interrupted once it has stopped, or the error it
+    # stopped with first (a new server's "Please sync again"): either way it is
+    # discarded, and the run started after it reports its own.
+    with contextlib.suppress(Interrupted, SyncError, NetworkError):
         while col.media_sync_status().active:
             time.sleep(0.05)
 
