@@ -337,8 +337,13 @@ def service_status(current):
         connect.update(listen=f"{host}:{port}", problem=recorded.get("problem") if fresh else None,
                        state=recorded["state"] if fresh else "starting" if pid else "stopped")
     full = db.disk_full(current.data_dir)
+    stuck = jobs.stuck(path)
     problems = [problem for problem in (
-        db.disk_full_message(current.data_dir) if full else None, connect["problem"]) if problem]
+        db.disk_full_message(current.data_dir) if full else None,
+        connect["problem"],
+        f"{stuck} jobs started but not finished within their deadline: they run again with"
+        " the next card or at the next start; the worker's log says why" if stuck else None,
+    ) if problem]
     return {
         "status": "disk full" if full else "ok" if pid and not problems else "degraded",
         "problems": problems,
@@ -348,6 +353,7 @@ def service_status(current):
                  "message": db.disk_full_message(current.data_dir) if full else None},
         "queue": {status: all_jobs.get(status, 0) for status in jobs.UNFINISHED},
         "jobs": all_jobs,
+        "stuckJobs": stuck,  # started, but past their deadline: run again later
         "last24h": {status: last_day.get(status, 0) for status in ("success", "failure")},
         "sync": {
             "loggedIn": "sync" in stored,
@@ -505,6 +511,11 @@ def task_cancel(job_id):
     access_claims()
     job = find_job(job_id)
     if not jobs.cancel(db_path(), job_id):
+        job = jobs.get(db_path(), job_id)
+        if job["added_at"] is not None and job["status"] != "failure":
+            raise ApiError(409, f"task {job_id} cannot be cancelled: its note is already in the"
+                                " collection and goes to the sync server with the next sync"
+                                " (delete the note in Anki if you do not want it)")
         raise ApiError(409, f"task {job_id} is {job['status']}: only a task that has not"
                             " started can be cancelled")
     return jobs.status_body(jobs.get(db_path(), job_id))

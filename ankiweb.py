@@ -108,8 +108,10 @@ def _full_sync(col: Collection, auth: SyncAuth, upload: bool) -> None:
 
 def _abort_media_sync(col: Collection) -> None:
     col.abort_media_sync()
-    # the aborted run reports Interrupted once it has stopped
-    with contextlib.suppress(Interrupted):
+    # The aborted run reports Interrupted once it has stopped, or the error it
+    # stopped with first (a new server's "Please sync again"): either way it is
+    # discarded, and the run started after it reports its own.
+    with contextlib.suppress(Interrupted, SyncError, NetworkError):
         while col.media_sync_status().active:
             time.sleep(0.05)
 
@@ -195,13 +197,29 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
             # media written before a full download stays on disk and goes up here
             col.sync_media(auth)
     if not wait_media:
-        return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "started"}
-    wait_for_media(col, endpoint, media_timeout)
+        return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "started",
+                "auth": auth}
+    wait_for_media(col, endpoint, media_timeout, auth)
     log.info("sync with media done in %.2f s", time.monotonic() - started)
     return {"outcome": outcome, "new_endpoint": new_endpoint, "media": "synced"}
 
 
-def wait_for_media(col: Collection, endpoint: str | None, timeout: float = 120.0) -> None:
-    """Wait for the media sync that sync() started; its failure raised as ours."""
+def wait_for_media(col: Collection, endpoint: str | None, timeout: float = 120.0,
+                   auth: SyncAuth | None = None) -> None:
+    """Wait for the media sync that sync() started; its failure raised as ours.
+
+    Given the sync's auth, a media sync the server answers with "Please sync
+    again" is started afresh once: that is what a move to another sync server
+    (whose media log does not match ours) gives, and what Anki's own advice fixes.
+    """
     with _sync_errors(endpoint, col.tr):
-        _wait_for_media(col, timeout)
+        try:
+            _wait_for_media(col, timeout)
+        except SyncError as error:
+            if auth is None or str(error) != col.tr.sync_resync_required():
+                raise
+            log.info("the media sync must start afresh (%s); sending every file's state again",
+                     _one_line(error))
+            col.media.force_resync()  # forget what was sent where: all is compared anew
+            col.sync_media(auth)
+            _wait_for_media(col, timeout)

@@ -27,9 +27,11 @@ CREATE TABLE IF NOT EXISTS ankisync_jobs (
     error TEXT,                      -- JSON {"type", "message"} of the last failure
     added_at REAL,                   -- when the note went into the local collection
     synced_at REAL,                  -- when a sync that carried the note succeeded
-    retry_at REAL,                   -- a retrying job runs again from then
+    retry_at REAL,                   -- a retrying job runs again from then; a started
+                                     -- one that is still started then was lost
     idempotency_key TEXT,            -- the client's Idempotency-Key header
-    request_hash TEXT                -- what that key was first sent with
+    request_hash TEXT,               -- what that key was first sent with
+    voice TEXT                       -- JSON [provider, voice] its clips were first spoken in
 );
 CREATE INDEX IF NOT EXISTS ankisync_jobs_status ON ankisync_jobs (status, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS ankisync_jobs_idempotency
@@ -42,10 +44,20 @@ STATUSES = UNFINISHED + ("success", "failure")
 STEPS = {"queued": 0, "speaking": 1, "adding": 2, "syncing": 3, "done": 3}
 
 
+ADDED_COLUMNS = {"voice": "TEXT"}  # columns newer than some users' job tables
+
+
 def init(path):
     conn = db.connect(path)
     conn.executescript(SCHEMA)
     conn.execute(db.STATE_SCHEMA)
+    columns = "SELECT name FROM pragma_table_info('ankisync_jobs')"
+    if set(ADDED_COLUMNS) - {row[0] for row in conn.execute(columns)}:
+        with db.write(path) as writer:  # the web process and the worker may race here
+            present = {row[0] for row in writer.execute(columns)}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in present:
+                    writer.execute(f"ALTER TABLE ankisync_jobs ADD COLUMN {name} {kind}")
 
 
 def new_id():
@@ -126,28 +138,43 @@ def _update_if(path, job_id, statuses, sql, *args):
     return cursor.rowcount == 1
 
 
-def claim(path, job_id, limit):
+# A retrying job due this soon joins a batch rather than waiting to sync alone
+# (jobs that failed together are due within milliseconds of each other); a
+# longer slack would cut their backoff short while new cards keep coming.
+RETRY_SLACK = 1.0
+# Others a batch takes: every waiting job, a retrying one nearly due, and one
+# left started by a run that was lost (its deadline, in retry_at, has passed).
+WAITING = ("(status = 'pending' OR status = 'retrying' AND retry_at <= :soon"
+           " OR status = 'started' AND coalesce(retry_at, 0) <= :now)")
+
+
+def claim(path, job_id, limit, stale_after):
     """Start the job and up to limit - 1 other waiting ones (oldest first), as one batch.
 
     The job itself may be pending, started (its run was lost) or retrying and
-    due; the others must be pending. Returns the started jobs, the given one
-    first; empty when it was cancelled, finished or not yet due. With job_id
-    None, only waiting jobs are claimed, up to limit.
+    due; the others may be pending, retrying and nearly due, or started and
+    lost: a job still started stale_after seconds after it was claimed (the
+    task timeout and a margin) is no longer running. Returns the started jobs,
+    the given one first; empty when it was cancelled, finished or not yet due.
+    With job_id None, only waiting jobs are claimed, up to limit.
     """
     now = time.time()
+    marks = {"now": now, "soon": now + RETRY_SLACK, "deadline": now + stale_after}
     start = ("UPDATE ankisync_jobs SET status = 'started', attempts = attempts + 1,"
-             " step = 'speaking', started_at = coalesce(started_at, ?) WHERE id = ? AND ")
+             " step = 'speaking', started_at = coalesce(started_at, :now),"
+             " retry_at = :deadline WHERE id = :id AND ")
     with db.write(path) as conn:
         ids = []
         if job_id is not None:
             if not conn.execute(start + "(status IN ('pending', 'started')"
-                                " OR status = 'retrying' AND retry_at <= ?)",
-                                (now, job_id, now + 0.5)).rowcount:  # Huey's clock may lead
-                return []
+                                " OR status = 'retrying' AND retry_at <= :due)",
+                                {**marks, "id": job_id, "due": now + 0.5}).rowcount:
+                return []  # (0.5 s: Huey's clock may lead ours)
             ids.append(job_id)
-        others = conn.execute("SELECT id FROM ankisync_jobs WHERE status = 'pending'"
-                              " ORDER BY created_at LIMIT ?", (limit - len(ids),)).fetchall()
-        conn.executemany(start + "status = 'pending'", [(now, row[0]) for row in others])
+        others = conn.execute(f"SELECT id FROM ankisync_jobs WHERE {WAITING}"
+                              " ORDER BY created_at LIMIT :limit",
+                              {**marks, "limit": limit - len(ids)}).fetchall()
+        conn.executemany(start + WAITING, [{**marks, "id": row[0]} for row in others])
         ids += [row[0] for row in others]
         rows = {row["id"]: dict(row) for row in conn.execute(
             f"SELECT * FROM ankisync_jobs WHERE id IN ({', '.join('?' * len(ids))})", ids)}
@@ -155,11 +182,43 @@ def claim(path, job_id, limit):
 
 
 def cancel(path, job_id):
-    """Cancel a job that has not started; False if it has."""
-    return _update_if(path, job_id, ("pending", "retrying"),
-                      "status = 'failure', error = ?, completed_at = ?",
-                      json.dumps({"type": "Cancelled", "message": "cancelled by a client;"
-                                  " POST /api/v1/tasks/<id>/retry runs it again"}), time.time())
+    """Cancel a job that is not running and whose note is not added; False otherwise."""
+    with db.write(path) as conn:
+        cursor = conn.execute(
+            "UPDATE ankisync_jobs SET status = 'failure', error = ?, completed_at = ?"
+            " WHERE id = ? AND status IN ('pending', 'retrying') AND added_at IS NULL",
+            (json.dumps({"type": "Cancelled", "message": "cancelled by a client;"
+                         " POST /api/v1/tasks/<id>/retry runs it again"}), time.time(), job_id))
+    return cursor.rowcount == 1
+
+
+def requeue_started(path):
+    """Make pending again the jobs left started (at worker start, none is running)."""
+    with db.write(path) as conn:
+        return conn.execute("UPDATE ankisync_jobs SET status = 'pending', step = 'queued'"
+                            " WHERE status = 'started'").rowcount
+
+
+def stuck(path):
+    """How many jobs are started past their deadline: their run was lost."""
+    return db.connect(path).execute(
+        "SELECT count(*) FROM ankisync_jobs WHERE status = 'started'"
+        " AND coalesce(retry_at, 0) < ?", (time.time(),)).fetchone()[0]
+
+
+def fix_voices(path, job_ids, voice):
+    """Give each job the voice [provider, name] unless it has one; {job id: its voice}.
+
+    A job keeps the voice it was first spoken in, so that a re-run after a
+    change of ANKISYNC_TTS_VOICE reuses the clips already paid for.
+    """
+    marks = ", ".join("?" * len(job_ids))
+    with db.write(path) as conn:
+        conn.execute(f"UPDATE ankisync_jobs SET voice = ? WHERE voice IS NULL AND id IN ({marks})",
+                     (json.dumps(voice), *job_ids))
+        rows = conn.execute(f"SELECT id, voice FROM ankisync_jobs WHERE id IN ({marks})",
+                            job_ids).fetchall()
+    return {row[0]: json.loads(row[1]) for row in rows}
 
 
 def reopen(path, job_id):

@@ -43,6 +43,24 @@ _LANGUAGE = re.compile(r"^([a-z]{2,3}-[A-Za-z0-9]{2,4})-")
 _clients = {}
 
 
+TEMP_PREFIX = ".ankisync-"  # clips being written: "<TEMP_PREFIX>*.tmp"
+
+
+def temp_dir(data_dir: pathlib.Path) -> pathlib.Path:
+    """Where clips are written before they move into the media folder."""
+    return data_dir / "tmp"
+
+
+def clean_temporaries(*folders: pathlib.Path) -> int:
+    """Remove clips left half-written by a killed worker; how many were removed."""
+    count = 0
+    for folder in folders:
+        for path in folder.glob(TEMP_PREFIX + "*.tmp"):
+            path.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
 def speakable(text: str) -> str:
     """The words to say for a field: cloze answers kept, HTML and entities resolved."""
     count = 1
@@ -84,8 +102,13 @@ def clip_name(text: str, voice: str, provider: str = "google") -> str:
 
 
 def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str | None,
-                endpoint: str | None, timeout: float, provider: str = "google") -> str:
-    """Return the name of the clip for text in media_dir, synthesizing it if missing."""
+                endpoint: str | None, timeout: float, provider: str = "google",
+                temp_dir: pathlib.Path | None = None) -> str:
+    """Return the name of the clip for text in media_dir, synthesizing it if missing.
+
+    The clip is written in temp_dir first (default: media_dir's parent), never
+    in the media folder, whose every file goes to the sync server.
+    """
     name = clip_name(text, voice, provider)
     path = media_dir / name
     # A clip on disk is the cache: a job run again reuses what its last run paid for.
@@ -102,15 +125,20 @@ def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str 
         audio = synthesize(words, voice=voice, api_key=api_key, endpoint=endpoint,
                            timeout=timeout)
     media_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, audio)
+    _write_atomically(path, audio, temp_dir or media_dir.parent)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
     return name
 
 
-def _write_atomically(path, data):
-    """Write data to path so a reader (or a crash) never sees half a file."""
-    # Same directory, so os.replace is a rename on one file system.
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".ankisync-", suffix=".tmp")
+def _write_atomically(path, data, temp_dir):
+    """Write data to path so a reader (or a crash) never sees half a file.
+
+    The temporary file is made in temp_dir, on the same file system as path
+    (os.replace is then a rename), and outside the media folder: a kill
+    mid-write must not leave a file there that would be synced to every device.
+    """
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=temp_dir, prefix=TEMP_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -178,7 +206,17 @@ def synthesize(text: str, *, voice: str, api_key: str | None, endpoint: str | No
     if not response.audio_content:
         raise errors.TTSUnavailable("Google text-to-speech answered without audio; "
                                     "the job will be retried")
+    if not is_mp3(response.audio_content):
+        # protobuf decodes base64 leniently: junk text comes out as junk bytes
+        raise errors.TTSUnavailable("Google text-to-speech answered with something that is"
+                                    " not MP3 audio; the job will be retried")
     return response.audio_content
+
+
+def is_mp3(data: bytes) -> bool:
+    """Whether data starts like an MP3 file: an ID3 tag or an MPEG audio frame header."""
+    return data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF
+                                       and data[1] & 0xE0 == 0xE0)
 
 
 def _client(api_key, endpoint):
@@ -224,6 +262,7 @@ def _translate(e, *, voice, api_key, endpoint):
     import requests
     from google.api_core import exceptions as google_errors
     from google.auth import exceptions as auth_errors
+    from google.protobuf import json_format
 
     key_hint = ("check that ANKISYNC_GOOGLE_API_KEY (or the key given to `./run.sh "
                 "setup`) is a valid key with the Cloud Text-to-Speech API enabled"
@@ -259,6 +298,11 @@ def _translate(e, *, voice, api_key, endpoint):
     if isinstance(e, (requests.exceptions.RequestException, auth_errors.TransportError)):
         return errors.TTSUnavailable("Google text-to-speech could not be reached (%s); %s"
                                      % (type(e).__name__, retried))
+    if isinstance(e, (json_format.Error, ValueError)):
+        # A 200 whose body is not Google's JSON: a proxy's HTML page, a cut answer
+        return errors.TTSUnavailable(
+            "Google text-to-speech answered with something that is not a text-to-speech"
+            " answer (%s); %s" % (_redact(str(e), api_key)[:200], retried))
     if isinstance(e, auth_errors.GoogleAuthError):  # no credentials, or bad ones
         return errors.TTSRefused(
             "Google credentials are missing or unusable (%s): set "

@@ -20,13 +20,16 @@ import db
 import jobs
 import notes
 import tts
-from errors import BadNote, SyncAuthError
+from errors import AnkisyncError, BadNote, SyncAuthError
 
 log = logging.getLogger(__name__)
 
 TTS_IN_FLIGHT = 8  # text-to-speech requests at once: fast, yet gentle on the quota
 _collection = None
 _speakers = None  # the thread pool that speaks, made on first use
+# Whether this worker has synced once before adding notes: a restored data dir
+# then finds the server's copies of its notes (by guid) instead of adding them again.
+_pulled = False
 # Held by whoever uses the collection: the job running in the main thread, or
 # the AnkiConnect endpoint's thread (ankiconnect.py) in this same process.
 lock = threading.RLock()
@@ -50,6 +53,18 @@ def close():
             _collection = None
 
 
+def drop_collection():
+    """Close the collection after a timeout cut an anki call short; reopened on next use."""
+    global _collection
+    with lock:
+        if _collection is not None:
+            try:
+                _collection.close()
+            except Exception:
+                log.warning("closing the collection after a timeout failed", exc_info=True)
+            _collection = None
+
+
 def _call_timeout(settings):
     # Each network call gets a slice of the job's time, so that a hung server
     # ends in a retry instead of the whole job timing out.
@@ -67,25 +82,38 @@ def speak_all(settings, cards):
 
     A card's clips are {"word": name, "text": name}, or None when no voice is
     set up. The same text is requested once, however many cards hold it.
+    Each job keeps the voice it was first spoken in (a re-run after a change
+    of voice reuses the clips already made, and the note's clips are those).
     """
     global _speakers
     key = google_key(settings)
     provider = tts.choose(settings.tts, key)
+    if not cards:
+        return {}
     if provider is None:
         return {job_id: None for job_id in cards}
+    voice = settings.espeak_voice if provider == "espeak" else settings.tts_voice
+    voices = jobs.fix_voices(config.db_path(settings), list(cards), [provider, voice])
     options = dict(provider=provider, api_key=key, endpoint=settings.google_tts_endpoint,
-                   timeout=_call_timeout(settings),
-                   voice=settings.espeak_voice if provider == "espeak" else settings.tts_voice)
+                   timeout=_call_timeout(settings), temp_dir=tts.temp_dir(settings.data_dir))
     media = config.media_dir(settings)
     if _speakers is None:
         _speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
-    texts = {text for card in cards.values() for text in (card["word"], card["englishExample"])}
-    futures = {text: _speakers.submit(tts.ensure_clip, media, text, **options) for text in texts}
+
+    def voice_of(job_id):  # another provider than the job's (a key removed): today's voice
+        fixed = voices.get(job_id)
+        return fixed[1] if fixed and fixed[0] == provider else voice
+
+    wanted = {(text, voice_of(job_id)) for job_id, card in cards.items()
+              for text in (card["word"], card["englishExample"])}
+    futures = {(text, spoken_in): _speakers.submit(tts.ensure_clip, media, text,
+                                                   voice=spoken_in, **options)
+               for text, spoken_in in wanted}
     clips = {}
     for job_id, card in cards.items():
         try:
-            clips[job_id] = {"word": futures[card["word"]].result(),
-                             "text": futures[card["englishExample"]].result()}
+            clips[job_id] = {"word": futures[card["word"], voice_of(job_id)].result(),
+                             "text": futures[card["englishExample"], voice_of(job_id)].result()}
         except TaskTimeout:
             raise
         except Exception as error:  # this card's outcome; the others go on
@@ -119,16 +147,23 @@ def make_cards(settings, batch, claim_more):
     while more:
         started = time.monotonic()
         new = {job["id"]: json.loads(job["request"]) for job in more}
-        outcome.update(speak_all(settings, new))
+        # A job whose note is already added (its sync failed) keeps that note's
+        # clips: nothing is spoken again, whatever the voice is now.
+        made = {job["id"]: json.loads(job["result"]).get("audio") for job in more
+                if job["added_at"] is not None and job["result"]}
+        outcome.update(made)
+        outcome.update(speak_all(settings, {i: c for i, c in new.items() if i not in made}))
         cards.update(new)
         took = time.monotonic() - started
-        for job_id in new:
+        for job_id in new.keys() - made.keys():
             if not isinstance(outcome[job_id], Exception):
                 log.info("job %s: %s in %.2fs", job_id,
                          "spoken" if outcome[job_id] else "no voice, no audio", took)
         more = claim_more()
     spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
     jobs.set_step(path, spoken, "adding")
+    if spoken and not _pulled:
+        pull(settings)
     added = []
     with lock:
         col = collection(settings)
@@ -155,6 +190,53 @@ def make_cards(settings, batch, claim_more):
         except Exception as error:
             outcome.update(dict.fromkeys(added, error))
     return outcome
+
+
+def pull(settings):
+    """The first batch of a worker syncs before adding (one sync per worker start).
+
+    A data dir restored from a backup holds jobs whose notes are already on
+    the server: synced first, the collection has them, and they are found by
+    guid instead of being added a second time.
+    """
+    try:
+        sync(settings)
+    except AnkisyncError as error:  # the sync after adding will say it; duplicates are undone then
+        log.info("sync before adding failed: %s", error)
+
+
+def undouble(settings, col):
+    """Remove second notes of one job (same guid), keeping the oldest; how many went.
+
+    A job whose note went up from a data dir later restored from a backup
+    adds it again (another note id) unless a sync brought the first one back
+    before: after the next sync both are here. The older note is the one every
+    device already has; the job's result is pointed at it.
+    """
+    doubled = col.db.all("select guid, id from notes where guid in (select guid from notes"
+                         " group by guid having count(*) > 1) order by id")
+    if not doubled:
+        return 0
+    ours = {notes.note_guid(job["id"]): job for job in jobs.added(config.db_path(settings))}
+    kept, extra = {}, []
+    for guid, note_id in doubled:
+        if guid not in ours:  # another client's doubles are not ours to judge
+            continue
+        if guid in kept:
+            extra.append(note_id)
+        else:
+            kept[guid] = note_id
+    if not extra:
+        return 0
+    col.remove_notes(extra)
+    for guid, note_id in kept.items():
+        job = ours[guid]
+        result = {**json.loads(job["result"] or "{}"), "noteId": note_id,
+                  "cardIds": list(col.card_ids_of_note(note_id))}
+        jobs.mark_added(config.db_path(settings), job["id"], result)
+    log.info("removed %s second copies of notes (a restored backup added them again)",
+             len(extra))
+    return len(extra)
 
 
 def reapply(settings, col):
@@ -190,27 +272,36 @@ def session(settings):
 
 def sync(settings):
     """Sync collection and media; False when there is no login to sync with."""
+    global _pulled
     path = config.db_path(settings)
     stored = session(settings)
     if not stored:
         return False
     began = time.time()
+    options = dict(reapply=lambda col: reapply(settings, col),
+                   io_timeout=_call_timeout(settings))
     try:
         with sync_lock:
             with lock:
                 col = collection(settings)
                 outcome = ankiweb.sync(col, stored["hkey"], stored["endpoint"],
-                                       reapply=lambda col: reapply(settings, col),
-                                       io_timeout=_call_timeout(settings), wait_media=False)
+                                       wait_media=False, **options)
             # The media sync runs by itself: AnkiConnect may read meanwhile.
-            ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"])
+            ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"],
+                                   auth=outcome["auth"])
+            with lock:
+                if outcome["outcome"] != "no_changes" and undouble(settings, col):
+                    ankiweb.sync(col, stored["hkey"], outcome["new_endpoint"]
+                                 or stored["endpoint"], **options)  # the removals go up
     except Exception as error:
         db.set_state(path, last_sync_error=f"{type(error).__name__}: {error}",
                      last_sync_error_at=str(time.time()))
         raise
+    del outcome["auth"]
     if outcome.get("new_endpoint"):
         credentials.update(config.credentials_path(settings),
                            sync={**stored, "endpoint": outcome["new_endpoint"]})
+    _pulled = True  # the collection holds what the server had
     jobs.mark_synced(path, began)
     db.set_state(path, last_sync_at=str(time.time()), last_sync_outcome=outcome["outcome"],
                  last_sync_error="")

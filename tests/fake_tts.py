@@ -3,7 +3,10 @@
 It answers `POST /v1/text:synthesize` the way Google does, so the real
 `google-cloud-texttospeech` client (transport "rest", api_endpoint
 http://127.0.0.1:PORT) can be pointed at it. Tests can make it fail or be slow at
-any moment. Run it alone for benchmarks:
+any moment, answer 200 with a broken body ("bad_json", "bad_base64", "html"), or
+hold every answer until released (hold(), wait_held(), release()), which keeps
+the worker in a known state without making anything slow. Run it alone for
+benchmarks:
 
     python tests/fake_tts.py --port 8099 --delay 0.2
 """
@@ -46,9 +49,9 @@ class FakeTTS:
         self.audio = SILENT_MP3
         self.requests = []  # {"body": dict, "key": str | None, "path": str}
         self._lock = threading.Lock()
-        self._failures = []  # statuses the next requests answer with, in order
-        self._open = threading.Event()  # cleared by hold(): requests wait until release()
-        self._open.set()
+        self._failures = []  # statuses (or broken-answer modes) of the next requests, in order
+        self._gate = None  # while holding: the Event that releases the requests held
+        self._held = threading.Semaphore(0)  # one release per request that reached the hold
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         # A client that gave up (timeout) closes its socket before a slow answer.
@@ -61,24 +64,48 @@ class FakeTTS:
         return "http://127.0.0.1:%d" % self._server.server_address[1]
 
     def fail_next(self, n, status):
-        """Make the next n requests fail with status, then succeed again."""
+        """Make the next n requests fail with status, then succeed again.
+
+        status is an HTTP status, or one of BROKEN: a 200 whose body is not
+        JSON ("bad_json"), whose audio is not base64 ("bad_base64"), or a
+        proxy's HTML page ("html").
+        """
+        assert status in BROKEN or isinstance(status, int), status
         with self._lock:
             self._failures.extend([status] * n)
 
     def hold(self):
-        """Make requests wait (holding the worker in its TTS step) until release()."""
-        self._open.clear()
+        """Hold every answer from now on until release(); requests still arrive."""
+        with self._lock:
+            self._held = threading.Semaphore(0)
+            self._gate = threading.Event()
+
+    def wait_held(self, timeout=30):
+        """Wait until a request is being held (one call per held request)."""
+        if not self._held.acquire(timeout=timeout):
+            raise TimeoutError("no request reached the held fake TTS")
 
     def release(self):
-        self._open.set()
+        """Answer the held requests; later ones are answered at once until the next hold()."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
+    def _wait_if_held(self):
+        with self._lock:
+            gate, held = self._gate, self._held
+        if gate is not None:
+            held.release()
+            gate.wait(120)  # bounded: a forgotten release() cannot hang a test run
 
     def reset(self):
         """Answer normally again, forgetting requests seen and failures asked for."""
-        self._open.set()
         with self._lock:
             self.status, self.delay = 200, 0.0
             self.requests.clear()
             self._failures.clear()
+        self.release()
 
     def start(self):
         # A short poll keeps stop() (and so each test's teardown) fast.
@@ -88,6 +115,7 @@ class FakeTTS:
         return self
 
     def stop(self):
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 
@@ -110,11 +138,20 @@ class FakeTTS:
             return 403, _error(403, "API key not valid. Please pass a valid API key.",
                                reason="API_KEY_INVALID")
         status = failure or self.status
+        if status in BROKEN:
+            return 200, status
         if status != 200:
             return status, _error(status, "fake failure %d" % status)
         if not isinstance(body, dict) or not body.get("input", {}).get("text"):
             return 400, _error(400, "Either `input.text` or `input.ssml` is required.")
         return 200, {"audioContent": base64.b64encode(self.audio).decode("ascii")}
+
+
+BROKEN = {  # 200 answers whose body no client can use, as a faulty proxy or server sends
+    "bad_json": b'{"audioContent": "//uQx',
+    "bad_base64": b'{"audioContent": "not base64 at all!"}',
+    "html": b"<!DOCTYPE html><html><body><h1>Service Unavailable</h1></body></html>",
+}
 
 
 def _error(code, message, reason=None):
@@ -142,12 +179,14 @@ def _make_handler(fake):
             key = (urllib.parse.parse_qs(url.query).get("key", [None])[0]
                    or self.headers.get("x-goog-api-key"))
             status, payload = fake._answer(key, body, url.path)
-            fake._open.wait(120)  # bounded: a forgotten release() cannot hang a test run
+            fake._wait_if_held()
             if fake.delay:
                 time.sleep(fake.delay)
-            data = json.dumps(payload).encode()
+            broken = isinstance(payload, str)  # a BROKEN mode's name
+            data = BROKEN[payload] if broken else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("content-type", "application/json; charset=UTF-8")
+            self.send_header("content-type", "text/html; charset=UTF-8" if payload == "html"
+                             else "application/json; charset=UTF-8")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections import Counter
 
+import pytest
+
 import notes
 from anki_server import download_collection, notes_in
 from service import CARD
@@ -292,3 +294,292 @@ def test_queue_holds_no_pickles(make_service, fake_tts):
     rows = conn.execute("SELECT data FROM schedule UNION ALL SELECT data FROM task").fetchall()
     assert rows and all(json.loads(data)["args"] == [task_id] for (data,) in rows)
     assert service.wait(task_id)[0]["status"] == "success"
+
+
+# --- issue 11: found by trying it ------------------------------------------------------
+
+def test_an_error_escaping_a_job_leaves_it_retrying_with_the_error(service):
+    from anki.collection import Collection
+    # Another program holds the collection, as a second instance would: every
+    # open by the worker fails with anki's DBError "Anki already open".
+    other = Collection(str(service.data_dir / "collection.anki2"))
+    try:
+        task_id = service.post_card()[1]["taskId"]
+        job, _ = service.wait(task_id, until=("retrying", "failure"))
+        assert job["status"] == "retrying", job
+        assert job["error"]["type"] == "WorkerTrouble", job
+        assert "another program" in job["error"]["message"], job
+    finally:
+        other.close()
+    job, _ = service.wait(task_id)
+    assert job["status"] == "success" and job["attempts"] >= 2, job
+
+
+def test_a_job_left_started_is_shown_and_run_again(service):
+    import sqlite3
+    lost = service.wait(service.post_card()[1]["taskId"])[0]["taskId"]
+    # As a run that could not record its outcome (a full disk) leaves it: still
+    # started, its deadline past
+    with sqlite3.connect(service.data_dir / "ankisync.db") as conn:
+        conn.execute("UPDATE ankisync_jobs SET status = 'started', completed_at = NULL,"
+                     " retry_at = ? WHERE id = ?", (time.time() - 1, lost))
+    status, _, health = service.call("GET", "/api/v1/health")
+    assert status == 200 and health["stuckJobs"] == 1, health
+    other = service.post_card(card(2))[1]["taskId"]
+    for task_id in (other, lost):
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success", job
+    assert service.job(lost)["attempts"] == 2
+    assert service.call("GET", "/api/v1/health")[2]["stuckJobs"] == 0
+
+
+def test_cancel_is_refused_once_the_note_is_added(make_service, sync_server, account):
+    service = make_service()
+    service.sync_login(account)
+    sync_server.stop()
+    try:
+        task_id = service.post_card()[1]["taskId"]
+        job, _ = service.wait(task_id, until=("retrying",))
+        assert job["error"]["type"] == "SyncUnavailable", job
+        status, _, body = service.call("DELETE", f"/api/v1/tasks/{task_id}")
+        assert status == 409 and "already in the collection" in body["message"], body
+        assert service.job(task_id)["status"] in ("retrying", "started")
+    finally:
+        sync_server.start()
+    job, _ = service.wait(task_id)
+    assert job["status"] == "success" and job["result"]["synced"], job
+
+
+def test_broken_tts_answers_are_retried(service, fake_tts):
+    for n, mode in enumerate(("bad_json", "bad_base64", "html")):
+        fake_tts.fail_next(1, mode)
+        job, _ = service.wait(service.post_card(card(n))[1]["taskId"])
+        assert job["status"] == "success" and job["attempts"] == 2, (mode, job)
+    assert "InternalError" not in service.logs()
+
+
+@pytest.mark.parametrize("answer_after_the_alarm", [False, True])
+def test_a_timeout_in_an_anki_call_is_a_retry_and_ends_in_success(
+        make_service, sync_server, account, tmp_path, answer_after_the_alarm):
+    service = make_service(ANKISYNC_TASK_TIMEOUT=2)
+    service.sync_login(account)
+    wait_for_log(service, "synced (")  # the login's sync is done
+    sync_server.pause()  # a sync hangs inside anki, until anki's 5 s network timeout
+    try:
+        task_id = service.post_card()[1]["taskId"]
+        wait_step(service, task_id, "syncing")
+        if answer_after_the_alarm:
+            # The server answers after the task's 2 s alarm went off inside anki's call
+            # and before anki gave up: the card reaches the server, and anki's code
+            # turns the alarm's exception into a TypeError.
+            alarm_passed = time.monotonic() + 3
+            while time.monotonic() < alarm_passed:
+                time.sleep(0.05)
+            sync_server.resume()
+        job, _ = service.wait(task_id, until=("retrying", "failure", "success"), timeout=30)
+        assert job["status"] != "failure", job
+        if not answer_after_the_alarm:
+            assert job["status"] == "retrying" and job["error"]["type"] == "TimeoutError", job
+            assert "ANKISYNC_TASK_TIMEOUT" in job["error"]["message"]
+    finally:
+        sync_server.resume()
+    job, _ = service.wait(task_id, timeout=60)
+    assert job["status"] == "success" and job["result"]["synced"], job
+    assert "InternalError" not in service.logs() and "timed out after" in service.logs()
+    assert_exactly_once(tmp_path, sync_server, account, [task_id])
+
+
+def wait_for_log(service, text, timeout=30):
+    deadline = time.monotonic() + timeout
+    while text not in service.logs():
+        assert time.monotonic() < deadline, service.logs()
+        time.sleep(0.05)
+
+
+def test_a_clip_half_written_by_a_killed_worker_reaches_no_device(make_service, sync_server,
+                                                                  account, fake_tts, tmp_path):
+    from anki_server import download_collection, media_files
+    service = make_service()
+    service.sync_login(account)
+    wait_for_log(service, "synced (")
+    fake_tts.hold()
+    task_id = service.post_card()[1]["taskId"]
+    fake_tts.wait_held()
+    # The worker dies while the clip is on its way. What a kill in the middle of
+    # writing a clip leaves, an older ankisync left in the media folder; ours in tmp/.
+    media, scratch = service.data_dir / "collection.media", service.data_dir / "tmp"
+    (media / ".ankisync-killed.tmp").write_bytes(b"\xff\xfb half a clip")
+    scratch.mkdir(exist_ok=True)
+    (scratch / ".ankisync-killed2.tmp").write_bytes(b"\xff\xfb half a clip")
+    os.kill(worker_child(service), signal.SIGKILL)
+    fake_tts.release()
+    job, _ = service.wait(task_id)
+    assert job["status"] == "success" and job["result"]["synced"], job
+    assert sorted(p.name for p in media.iterdir()) == sorted(job["result"]["audio"].values())
+    assert list(scratch.iterdir()) == []
+    col = download_collection(tmp_path / "device", sync_server.url, account, "pass")
+    try:
+        assert media_files(col) == set(job["result"]["audio"].values())
+    finally:
+        col.close()
+
+
+@pytest.mark.parametrize("waiting_for", ["sync", "collection"])
+def test_a_new_voice_does_not_speak_waiting_cards_again(make_service, sync_server, account,
+                                                        fake_tts, tmp_path, waiting_for):
+    from anki.collection import Collection
+    from anki_server import download_collection, media_files
+    service = make_service()
+    service.sync_login(account)
+    wait_for_log(service, "synced (")
+    if waiting_for == "sync":  # spoken and added, not synced
+        sync_server.stop()
+    else:  # spoken, not added: another program holds the collection
+        service.stop()
+        other = Collection(str(service.data_dir / "collection.anki2"))
+        service.start()
+    try:
+        task_id = service.post_card()[1]["taskId"]
+        service.wait(task_id, until=("retrying",))
+        assert service.stop() == 0
+    finally:
+        if waiting_for == "sync":
+            sync_server.start()
+        else:
+            other.close()
+    service.env["ANKISYNC_TTS_VOICE"] = "en-GB-Wavenet-B"
+    service.start()
+    job, _ = service.wait(task_id)
+    assert job["status"] == "success" and job["result"]["synced"], job
+    voices = [r["body"]["voice"]["name"] for r in fake_tts.requests]
+    assert voices == ["en-US-Wavenet-D"] * 2, voices  # paid once
+    col = download_collection(tmp_path / "device", sync_server.url, account, "pass")
+    try:
+        [note] = notes_in(col)
+        clips = job["result"]["audio"]
+        assert note["fields"]["DefinitionAudio"] == f"[sound:{clips['word']}]"
+        assert note["fields"]["TextAudio"] == f"[sound:{clips['text']}]"
+        assert media_files(col) == set(clips.values())  # no unused clip uploaded
+    finally:
+        col.close()
+
+
+def test_jobs_recovered_after_a_crash_sync_in_one_batch(make_service, sync_server, account,
+                                                        fake_tts, tmp_path):
+    service = make_service()
+    service.sync_login(account)
+    wait_for_log(service, "synced (")
+    fake_tts.hold()
+    first = service.post_card(card(0))[1]["taskId"]
+    fake_tts.wait_held()
+    fake_tts.wait_held()  # both clips of the first card: the worker is busy
+    task_ids = [service.post_card(card(n))[1]["taskId"] for n in range(1, 9)]
+    fake_tts.release()
+    fake_tts.hold()  # the eight waiting cards are claimed together, then held
+    fake_tts.wait_held()
+    deadline = time.monotonic() + 30
+    while any(service.job(t)["status"] != "started" for t in task_ids):
+        assert time.monotonic() < deadline, service.logs()
+        time.sleep(0.02)
+    service.kill()  # power loss: eight jobs left started
+    service.process.wait(10)
+    fake_tts.release()
+    logged = len(service.logs())
+    service.start()
+    for task_id in [first] + task_ids:
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    syncs = service.logs()[logged:].count("synced (")
+    assert syncs <= 2, syncs  # the sync before adding, and the batch's own
+    assert_exactly_once(tmp_path, sync_server, account, [first] + task_ids)
+
+
+@pytest.mark.parametrize("server_down_at_restore", [False, True])
+def test_readme_backup_and_restore_with_waiting_cards_makes_no_duplicates(
+        make_service, sync_server, account, fake_tts, tmp_path, server_down_at_restore):
+    service = make_service(name="data")
+    service.sync_login(account)
+    first = service.wait(service.post_card(card(0))[1]["taskId"])[0]
+    assert first["status"] == "success" and first["result"]["synced"], first
+    fake_tts.status = 503  # cards wait
+    waiting = [service.post_card(card(n))[1]["taskId"] for n in range(1, 4)]
+    for task_id in waiting:
+        service.wait(task_id, until=("retrying",))
+
+    def shell(script):  # the README's commands, ~/ankisync being tmp_path
+        done = subprocess.run(["bash", "-euc", script], cwd=tmp_path, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+
+    assert service.stop() == 0
+    shell("(umask 077; tar -czf backup.tar.gz data)")
+    fake_tts.status = 200
+    service.start()
+    for task_id in waiting:
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    assert service.stop() == 0
+
+    shell("rm -rf data && tar -xzf backup.tar.gz && chmod 700 data"
+          " && chmod 600 data/credentials.json")
+    if server_down_at_restore:  # no sync can bring the server's copies before adding
+        sync_server.stop()
+        try:
+            service.start()
+            for task_id in waiting:
+                service.wait(task_id, until=("retrying",))
+        finally:
+            sync_server.start()
+    else:
+        service.start()
+    for task_id in waiting:
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    assert_exactly_once(tmp_path, sync_server, account, [first["taskId"]] + waiting)
+
+
+def test_moving_to_another_sync_server_carries_every_card_and_clip(make_service, sync_server,
+                                                                   account, tmp_path):
+    from anki_server import SyncServer, download_collection, media_files
+    service = make_service()
+    service.sync_login(account)
+    first = service.wait(service.post_card(card(0))[1]["taskId"])[0]
+    assert first["status"] == "success" and first["result"]["synced"], first
+    with SyncServer(tmp_path / "new-server", users={"mover": "pass"}) as new:
+        assert service.stop() == 0
+        service.env["ANKISYNC_SYNC_ENDPOINT"] = new.url
+        service.start()
+        second = service.wait(service.post_card(card(1))[1]["taskId"])[0]
+        assert second["status"] == "failure", second
+        assert "./run.sh login" in second["error"]["message"], second
+        service.sync_login("mover")  # what the message says, while the service runs
+        jobs = [service.wait(job["taskId"], until=("success",))[0] for job in (first, second)]
+        assert all(job["result"]["synced"] for job in jobs), jobs
+        col = download_collection(tmp_path / "device", new.url, "mover", "pass")
+        try:
+            words = sorted(note["fields"]["Word"] for note in notes_in(col))
+            assert words == ["word0", "word1"], words
+            clips = {clip for job in jobs for clip in job["result"]["audio"].values()}
+            assert media_files(col) == clips
+        finally:
+            col.close()
+
+
+def test_retrying_jobs_sync_in_one_batch(make_service, sync_server, account, tmp_path):
+    service = make_service()
+    service.sync_login(account)
+    wait_for_log(service, "synced (")
+    sync_server.stop()
+    try:
+        task_ids = [service.post_card(card(n))[1]["taskId"] for n in range(8)]
+        for task_id in task_ids:
+            service.wait(task_id, until=("retrying",))
+        logged = len(service.logs())
+    finally:
+        sync_server.start()
+    for task_id in task_ids:
+        job, _ = service.wait(task_id)
+        assert job["status"] == "success" and job["result"]["synced"], job
+    syncs = service.logs()[logged:].count("synced (")
+    assert syncs <= 3, syncs  # not one per job
+    assert_exactly_once(tmp_path, sync_server, account, task_ids)

@@ -179,6 +179,27 @@ def test_server_trouble_is_unavailable(fake, status):
     assert isinstance(raised.value, errors.TransientError)
 
 
+@pytest.mark.parametrize("mode", ["bad_json", "bad_base64", "html"])
+def test_a_broken_200_answer_is_unavailable(fake, mode):
+    fake.fail_next(1, mode)
+    with pytest.raises(errors.TTSUnavailable, match="retried"):
+        speak(fake)
+    assert speak(fake) == fake.audio
+
+
+def test_a_held_answer_comes_when_released(fake):
+    import threading
+    fake.hold()
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(speak(fake)))
+    thread.start()
+    fake.wait_held()
+    assert answers == [] and len(fake.requests) == 1
+    fake.release()
+    thread.join(10)
+    assert answers == [fake.audio]
+
+
 def test_failures_pass_and_the_next_call_succeeds(fake):
     fake.fail_next(2, 503)
     for _ in range(2):
@@ -241,6 +262,25 @@ def test_failed_clip_leaves_nothing_so_a_retry_calls_again(fake, tmp_path):
     assert list(tmp_path.iterdir()) == []
     assert clip(fake, tmp_path, "story") == tts.clip_name("story", VOICE)
     assert len(fake.requests) == 2
+
+
+def test_clips_are_written_through_the_temporary_folder(fake, tmp_path):
+    media, scratch = tmp_path / "collection.media", tmp_path / "tmp"
+    name = tts.ensure_clip(media, "story", voice=VOICE, api_key=KEY, endpoint=fake.url,
+                           timeout=5.0, temp_dir=scratch)
+    assert [p.name for p in media.iterdir()] == [name] and list(scratch.iterdir()) == []
+
+
+def test_half_written_clips_are_cleaned(tmp_path):
+    media, scratch = tmp_path / "collection.media", tmp_path / "tmp"
+    media.mkdir()
+    scratch.mkdir()
+    for folder in (media, scratch):
+        (folder / ".ankisync-x1y2.tmp").write_bytes(b"half")
+    (media / "ankisync-kept.mp3").write_bytes(b"whole")
+    assert tts.clean_temporaries(media, scratch) == 2
+    assert [p.name for p in media.iterdir()] == ["ankisync-kept.mp3"]
+    assert list(scratch.iterdir()) == []
 
 
 def test_nothing_to_say_is_a_bad_note(fake, tmp_path):
