@@ -164,7 +164,10 @@ def make_card(job_id, task=None):
     for job in batch:
         try:
             settle(job, outcomes[job["id"]])
-        except Exception:  # e.g. a full disk: the job stays started till its deadline
+        except Exception as error:  # the job stays started till its deadline, then runs again
+            if db.is_disk_full(error):  # one log line for the pause, none per job
+                disk.hit(error)
+                continue
             log.exception("job %s: could not record its outcome; it runs again later", job["id"])
     if time.monotonic() - _last_purge > PURGE_EVERY:
         purge_finished()

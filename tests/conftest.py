@@ -13,7 +13,7 @@ from anki_server import SyncServer  # noqa: E402
 from fake_tts import FakeTTS  # noqa: E402
 from service import Service  # noqa: E402
 
-ACCOUNTS = 40  # the sync server's accounts; each test that syncs takes a fresh one
+ACCOUNTS = 100  # the sync server's accounts; each test that syncs takes a fresh one
 GOOGLE_KEY = "test-google-key"
 
 
