@@ -123,6 +123,8 @@ class Rig:
                     "ANKISYNC_GOOGLE_TTS_ENDPOINT": self.tts_url,
                     "ANKISYNC_LOG_LEVEL": "INFO",
                     "ANKISYNC_RETRY_DELAY": None, "ANKISYNC_RETRY_MAX_DELAY": None,
+                    # the benchmarks post thousands of cards from one login on purpose
+                    "ANKISYNC_CARD_BURST": 100_000, "ANKISYNC_MAX_QUEUED": 100_000,
                     **settings}
         service = Service(self.workdir / name, **settings)
         self.services.append(service)
