@@ -7,11 +7,8 @@ import stat
 import subprocess
 
 from conftest import GOOGLE_KEY
-from service import CARD, ROOT, Service
-
-
-def card(n):
-    return dict(CARD, word=f"word{n}", englishExample=f"Sentence {n} with {{{{c1::word{n}}}}}.")
+from helpers import card
+from service import ROOT, Service
 
 
 def test_status_shows_done_failed_and_waiting_jobs(make_service, account, fake_tts):
@@ -21,8 +18,10 @@ def test_status_shows_done_failed_and_waiting_jobs(make_service, account, fake_t
     fake_tts.valid_keys = {"someone-else"}
     failed = service.wait(service.post_card(card(2))[1]["taskId"])[0]
     assert (done["status"], failed["status"]) == ("success", "failure")
-    fake_tts.valid_keys, fake_tts.delay = None, 3
+    fake_tts.valid_keys = None
+    fake_tts.hold()
     busy = service.post_card(card(3))[1]["taskId"]
+    fake_tts.wait_held()  # busy is claimed and speaking: the next card waits
     service.wait(busy, until=("started",))
     service.post_card(card(4))
 
@@ -40,7 +39,7 @@ def test_status_shows_done_failed_and_waiting_jobs(make_service, account, fake_t
     assert "worker     running (pid" in text and "1 pending, 1 started" in text
     assert "1 done, 1 failed" in text and f"logged in as {account}" in text
 
-    fake_tts.delay = 0
+    fake_tts.release()
     service.stop()
     result = service.cli("status")
     assert result.returncode == 1 and "NOT RUNNING" in result.stdout

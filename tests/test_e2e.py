@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from anki_server import download_collection, media_files, notes_in, seed_other_device
+from helpers import wait_until
 from service import CARD
 
 
@@ -121,10 +122,8 @@ def test_before_login_cards_stay_local_then_sync_after_login(service, sync_serve
     assert job["status"] == "success" and job["result"]["synced"] is False, job
 
     service.sync_login(account)  # the login enqueues a sync of what waits
-    deadline = time.monotonic() + 30
-    while not service.job(job["taskId"])["result"]["synced"]:
-        assert time.monotonic() < deadline, service.logs()
-        time.sleep(0.1)
+    wait_until(lambda: service.job(job["taskId"])["result"]["synced"],
+               lambda: "the card synced:\n" + service.logs())
     notes, media = synced_notes(tmp_path, sync_server, account)
     assert [n["fields"]["Word"] for n in notes] == ["extraordinary"]
     assert set(job["result"]["audio"].values()) <= media
@@ -185,20 +184,20 @@ def test_sigterm_stops_api_and_worker_with_no_orphans(service):
     pids = service.group_alive()
     assert len(pids) >= 4  # run.sh, the API, the worker and its process worker
     assert service.stop(signal.SIGTERM) == 0
-    deadline = time.monotonic() + 10
-    while service.group_alive():
-        assert time.monotonic() < deadline, service.group_alive()
-        time.sleep(0.1)
+    wait_until(lambda: not service.group_alive(), service.group_alive, 10)
     assert not (service.data_dir / "worker.pid").exists()
 
 
 def test_job_interrupted_by_a_killed_worker_is_recovered_on_restart(make_service, fake_tts):
-    fake_tts.delay = 3  # the job is mid-speech when the worker dies
     service = make_service()
+    fake_tts.hold()  # the job is mid-speech when the worker dies
     task_id = service.post_card()[1]["taskId"]
+    fake_tts.wait_held()
     service.wait(task_id, until=("started",))
     service.kill()
-    fake_tts.delay = 0
+    service.process.wait(10)
+    wait_until(lambda: not service.group_alive(), "every process of the group gone", 10)
+    fake_tts.release()
     service.start()
     job, _ = service.wait(task_id)
     assert job["status"] == "success", job
@@ -206,11 +205,11 @@ def test_job_interrupted_by_a_killed_worker_is_recovered_on_restart(make_service
 
 def test_hung_job_ends_as_timeout_and_the_next_job_runs(make_service, fake_tts):
     service = make_service(ANKISYNC_TASK_TIMEOUT=2)
-    fake_tts.delay = 4  # longer than the whole job may take
+    fake_tts.hold()  # no answer before the job's time is up
     task_id = service.post_card()[1]["taskId"]
     job, _ = service.wait(task_id)
     assert job["status"] == "failure" and job["error"]["type"] == "TimeoutError", job
     assert "ANKISYNC_TASK_TIMEOUT" in job["error"]["message"]
-    fake_tts.delay = 0
+    fake_tts.release()
     job, _ = service.wait(service.post_card(dict(CARD, word="next"))[1]["taskId"])
     assert job["status"] == "success", job

@@ -18,7 +18,7 @@ import pytest
 
 import notes
 from anki_server import download_collection, notes_in
-from service import CARD
+from helpers import card, request_waiting_at, wait_until
 
 
 def server_guids(tmp_path, sync_server, account):
@@ -38,10 +38,6 @@ def assert_exactly_once(tmp_path, sync_server, account, task_ids):
     print(f"accepted {len(task_ids)}, notes on server {sum(guids.values())},"
           f" duplicates {len(duplicates)}, lost {len(lost)}")
     assert not duplicates and not lost and set(guids) == expected
-
-
-def card(n):
-    return dict(CARD, word=f"word{n}", englishExample=f"Sentence {n} with {{{{c1::word{n}}}}}.")
 
 
 def worker_child(service):
@@ -66,18 +62,20 @@ def web_process(service):
 
 
 def wait_step(service, task_id, step, timeout=30):
-    deadline = time.monotonic() + timeout
-    while service.job(task_id)["progress"]["step"] != step:
-        assert time.monotonic() < deadline, service.logs()
-        time.sleep(0.02)
+    wait_until(lambda: service.job(task_id)["progress"]["step"] == step,
+               f"job {task_id} at step {step}", timeout)
 
 
-def power_loss(service):
-    """Everything dies at once: kill -9 the whole process group, then start again."""
+def wait_for_log(service, text, timeout=30):
+    wait_until(lambda: text in service.logs(), lambda: f"{text!r} in:\n{service.logs()}",
+               timeout)
+
+
+def power_off(service):
+    """Everything dies at once: kill -9 the whole process group."""
     service.kill()
     service.process.wait(10)
-    time.sleep(0.2)
-    service.start()
+    wait_until(lambda: not service.group_alive(), "every process of the group gone", 10)
 
 
 def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account, fake_tts,
@@ -87,12 +85,13 @@ def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account
     task_ids = []
 
     # 1. during text-to-speech: the whole machine goes down
-    fake_tts.delay = 3
+    fake_tts.hold()
     task_ids.append(service.post_card(card(1))[1]["taskId"])
-    wait_step(service, task_ids[-1], "speaking")
-    time.sleep(0.3)
-    fake_tts.delay = 0
-    power_loss(service)
+    fake_tts.wait_held()  # the clip is being spoken
+    assert service.job(task_ids[-1])["progress"]["step"] == "speaking"
+    power_off(service)
+    fake_tts.release()
+    service.start()
 
     # 2. the note is added, the sync hangs: the worker child alone is killed
     #    (as by the OOM killer); Huey starts a new one, which recovers the job
@@ -109,9 +108,9 @@ def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account
     try:
         task_ids.append(service.post_card(card(3))[1]["taskId"])
         wait_step(service, task_ids[-1], "syncing")
-        time.sleep(0.5)
-        service.kill()
-        service.process.wait(10)
+        wait_until(lambda: request_waiting_at(sync_server.port),
+                   "the sync request to reach the paused server")
+        power_off(service)
     finally:
         sync_server.resume()
     service.start()
@@ -143,8 +142,7 @@ def test_web_process_killed_while_clients_post(make_service, sync_server, accoun
                for i in range(4)]
     for thread in threads:
         thread.start()
-    while len(answers) < 60:  # kill mid-burst
-        time.sleep(0.005)
+    wait_until(lambda: len(answers) >= 60, "60 answers", 60, every=0.005)  # kill mid-burst
     os.kill(web_process(service), signal.SIGKILL)
     for thread in threads:
         thread.join(30)
@@ -193,7 +191,8 @@ def test_sync_server_down_during_a_burst(make_service, sync_server, account, tmp
         assert "ANKISYNC_SYNC_ENDPOINT" in job["error"]["message"]
         status, _, health = service.call("GET", "/api/v1/health")
         assert health["sync"]["lastError"].startswith("SyncUnavailable")
-        time.sleep(1)
+        for task_id in task_ids:  # every card waits for the server
+            service.wait(task_id, until=("retrying",))
     finally:
         sync_server.start()
     for task_id in task_ids:
@@ -229,16 +228,17 @@ def test_failed_jobs_are_listed_retried_and_pending_ones_cancelled(make_service,
     assert service.wait(failed["taskId"])[0]["status"] == "success"
     assert service.call("POST", f"/api/v1/tasks/{failed['taskId']}/retry")[0] == 409
 
-    fake_tts.delay = 2  # keep the worker busy, so the next job waits in the queue
+    fake_tts.hold()  # keep the worker busy, so the next job waits in the queue
     busy = service.post_card(card(2))[1]["taskId"]
+    fake_tts.wait_held()  # busy is claimed and speaking: the next job cannot join it
     waiting = service.post_card(card(3))[1]["taskId"]
     status, _, body = service.call("DELETE", f"/api/v1/tasks/{waiting}")
     assert status == 200 and body["status"] == "failure" and body["error"]["type"] == "Cancelled"
     service.wait(busy, until=("started", "success"))
     assert service.call("DELETE", f"/api/v1/tasks/{busy}")[0] == 409
-    fake_tts.delay = 0
+    fake_tts.release()
     assert service.wait(busy)[0]["status"] == "success"
-    time.sleep(0.5)
+    wait_for_log(service, f"job {waiting}: nothing to do")
     assert service.job(waiting)["status"] == "failure"  # the worker skipped it
 
     status, _, page = service.call("GET", "/api/v1/tasks?limit=2")
@@ -274,10 +274,15 @@ def test_concurrent_load_loses_nothing(make_service, sync_server, account, tmp_p
 
 def test_sigterm_lets_the_running_job_finish(make_service, fake_tts):
     service = make_service()
-    fake_tts.delay = 1.5
+    fake_tts.hold()
     task_id = service.post_card()[1]["taskId"]
+    fake_tts.wait_held()
     wait_step(service, task_id, "speaking")
-    assert service.stop(signal.SIGTERM) == 0
+    service.process.send_signal(signal.SIGTERM)
+    wait_for_log(service, "Shutting down gracefully")  # the signal came mid-speech
+    fake_tts.release()
+    assert service.process.wait(45) == 0
+    service.process.stdout.close()
     assert service.group_alive() == []
     service.start()  # only to read the job: it finished before the stop
     job = service.job(task_id)
@@ -389,13 +394,6 @@ def test_a_timeout_in_an_anki_call_is_a_retry_and_ends_in_success(
     assert_exactly_once(tmp_path, sync_server, account, [task_id])
 
 
-def wait_for_log(service, text, timeout=30):
-    deadline = time.monotonic() + timeout
-    while text not in service.logs():
-        assert time.monotonic() < deadline, service.logs()
-        time.sleep(0.05)
-
-
 def test_a_clip_half_written_by_a_killed_worker_reaches_no_device(make_service, sync_server,
                                                                   account, fake_tts, tmp_path):
     from anki_server import download_collection, media_files
@@ -477,12 +475,9 @@ def test_jobs_recovered_after_a_crash_sync_in_one_batch(make_service, sync_serve
     fake_tts.release()
     fake_tts.hold()  # the eight waiting cards are claimed together, then held
     fake_tts.wait_held()
-    deadline = time.monotonic() + 30
-    while any(service.job(t)["status"] != "started" for t in task_ids):
-        assert time.monotonic() < deadline, service.logs()
-        time.sleep(0.02)
-    service.kill()  # power loss: eight jobs left started
-    service.process.wait(10)
+    wait_until(lambda: all(service.job(t)["status"] == "started" for t in task_ids),
+               lambda: "the eight jobs started:\n" + service.logs())
+    power_off(service)  # eight jobs left started
     fake_tts.release()
     logged = len(service.logs())
     service.start()

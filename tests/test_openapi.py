@@ -5,7 +5,6 @@ allow, following the document's links from a new card to its task routes.
 """
 
 import collections
-import http.client
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import ankisync
+import helpers
 import openapi
 from service import CARD, Service
 
@@ -59,17 +59,9 @@ def api(tmp_path_factory):
 def send(service, method, path, body=None, token=None):
     """(status, headers, parsed body) of one request from OWN_ADDRESS."""
     headers = {"x-access-token": token} if token else {}
-    if body is not None:
-        body, headers["Content-Type"] = json.dumps(body).encode(), JSON
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=60,
-                                      source_address=(OWN_ADDRESS, 0))
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        answer = conn.getresponse()
-        raw = answer.read()
-        return answer.status, answer.headers, json.loads(raw) if raw else None
-    finally:
-        conn.close()
+    status, got, raw = helpers.send(service.port, method, path, body, headers,
+                                    source=OWN_ADDRESS)
+    return status, got, json.loads(raw) if raw else None
 
 
 @pytest.fixture(scope="module")

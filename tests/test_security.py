@@ -7,13 +7,13 @@ of them this machine) so that the per-address login throttle can be seen at work
 without locking out the other tests.
 """
 
-import http.client
 import json
 import time
 
 import pytest
 
 import ankisync
+import helpers
 import throttle
 from anki_server import SyncServer
 from conftest import GOOGLE_KEY
@@ -34,17 +34,7 @@ def api(tmp_path_factory):
 
 def send(service, method, path, body=None, headers=None, source="127.0.0.1", timeout=60):
     """(status, headers, raw body) of one request from the loopback address `source`."""
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-        headers = {"Content-Type": JSON, **(headers or {})}
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=timeout,
-                                      source_address=(source, 0))
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        answer = conn.getresponse()
-        return answer.status, answer.headers, answer.read()
-    finally:
-        conn.close()
+    return helpers.send(service.port, method, path, body, headers, source, timeout)
 
 
 def login(service, key, source):

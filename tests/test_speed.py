@@ -1,21 +1,17 @@
 """Behaviour behind the speed: cards made together share one sync; a text is spoken once."""
 
-from service import CARD
-
-
-def card(n, word=None):
-    word = word or f"word{n}"
-    return dict(CARD, word=word, englishExample=f"Sentence {n} with {{{{c1::{word}}}}}.")
+from helpers import card
 
 
 def test_cards_waiting_together_go_up_in_one_sync(make_service, account, fake_tts):
     service = make_service()
     service.sync_login(account)
-    fake_tts.delay = 1  # the first card keeps the worker busy while ten more arrive
+    fake_tts.hold()  # the first card keeps the worker busy while ten more arrive
     first = service.post_card(card(0))[1]["taskId"]
+    fake_tts.wait_held()
     service.wait(first, until=("started",))
     waiting = [service.post_card(card(n))[1]["taskId"] for n in range(1, 11)]
-    fake_tts.delay = 0
+    fake_tts.release()
     for task_id in [first] + waiting:
         job, _ = service.wait(task_id)
         assert job["status"] == "success" and job["result"]["synced"], job

@@ -1,0 +1,61 @@
+"""What many tests share: one card maker, one way to wait, one raw HTTP client.
+
+The ordinary client is `service.request` (and `Service.call`); `send` here is for
+the tests that must choose the loopback address a request comes from.
+"""
+
+import http.client
+import json
+import time
+
+from service import CARD
+
+
+def card(n, word=None):
+    """The n-th distinct card (its own word and sentence, so its own note)."""
+    word = word or f"word{n}"
+    return dict(CARD, word=word, englishExample=f"Sentence {n} with {{{{c1::{word}}}}}.")
+
+
+def wait_until(condition, what, timeout=30, every=0.02):
+    """condition()'s first true value; fails naming `what` (a text, or a callable giving one,
+    such as the service's log) once `timeout` seconds pass without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what() if callable(what) else what}")
+        time.sleep(every)
+
+
+def send(port, method, path, body=None, headers=None, source="127.0.0.1", timeout=60):
+    """(status, headers, raw body) of one request to 127.0.0.1:port from the loopback
+    address `source`; a dict or list body goes as JSON."""
+    headers = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
+                                      source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, answer.headers, answer.read()
+    finally:
+        conn.close()
+
+
+def request_waiting_at(port):
+    """Whether bytes wait unread in a connection accepted on 127.0.0.1:port: a request
+    sent to a server that is paused (SIGSTOP) and so cannot read it."""
+    local = "0100007F:%04X" % port
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            rx_queue = int(fields[4].split(":")[1], 16)
+            if fields[1] == local and fields[3] == "01" and rx_queue > 0:
+                return True
+    return False
