@@ -1,14 +1,14 @@
 """What many tests share: one card maker, one way to wait, one raw HTTP client.
 
-The ordinary client is `service.request` (and `Service.call`); `send` here is for
-the tests that must choose the loopback address a request comes from.
+The ordinary client is `service.request` (and `Service.call`), and the one poller
+`service.wait_until` (re-exported here); `send` here is for the tests that must
+choose the loopback address a request comes from.
 """
 
 import http.client
 import json
-import time
 
-from service import CARD
+from service import CARD, wait_until  # noqa: F401 (re-exported: the one poller)
 
 
 def card(n, word=None):
@@ -17,17 +17,10 @@ def card(n, word=None):
     return dict(CARD, word=word, englishExample=f"Sentence {n} with {{{{c1::{word}}}}}.")
 
 
-def wait_until(condition, what, timeout=30, every=0.02):
-    """condition()'s first true value; fails naming `what` (a text, or a callable giving one,
-    such as the service's log) once `timeout` seconds pass without one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what() if callable(what) else what}")
-        time.sleep(every)
+def wait_for_log(service, text, timeout=30):
+    """Wait until the service's log holds text."""
+    wait_until(lambda: text in service.logs(), lambda: f"{text!r} in:\n{service.logs()}",
+               timeout)
 
 
 def send(port, method, path, body=None, headers=None, source="127.0.0.1", timeout=60):

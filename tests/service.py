@@ -43,6 +43,19 @@ def request(method, url, body=None, headers=None, raw=None):
     return status, got, (json.loads(text) if text else None)
 
 
+def wait_until(condition, what, timeout=30, every=0.02):
+    """condition()'s first true value; fails naming `what` (a text, or a callable giving one,
+    such as the service's log) once `timeout` seconds pass without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what() if callable(what) else what}")
+        time.sleep(every)
+
+
 class Service:
     """One ankisync install: its own data dir and port, started with run.sh."""
 
@@ -74,16 +87,16 @@ class Service:
         if self.api_key is None:
             self.api_key = self.process.stdout.readline().decode().strip()
             assert self.api_key.startswith("ak_"), self.logs()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def serving():
             assert self.process.poll() is None, self.logs()
             try:
-                if request("GET", self.url + "/")[0] == 200 and self.worker_alive():
-                    return self
+                return request("GET", self.url + "/")[0] == 200 and self.worker_alive()
             except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("ankisync did not start:\n" + self.logs())
+                return False
+
+        wait_until(serving, lambda: "ankisync to start:\n" + self.logs(), timeout, every=0.1)
+        return self
 
     def worker_alive(self):
         pid_file = self.data_dir / "worker.pid"
@@ -153,15 +166,16 @@ class Service:
     def wait(self, task_id, until=("success", "failure"), timeout=60):
         """Poll the job until its status is in `until`; the statuses seen, in order."""
         seen = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def done():
             job = self.job(task_id)
             if not seen or seen[-1] != job["status"]:
                 seen.append(job["status"])
-            if job["status"] in until:
-                return job, seen
-            time.sleep(0.02)
-        raise TimeoutError(f"job {task_id} still {seen}:\n{self.logs()}")
+            return job if job["status"] in until else None
+
+        job = wait_until(done, lambda: f"job {task_id} in {until}, still {seen}:\n{self.logs()}",
+                         timeout)
+        return job, seen
 
     def sync_login(self, username, password="pass"):
         result = self.cli("login", username, stdin=password + "\n")

@@ -3,10 +3,8 @@
 import base64
 import hashlib
 import json
-import socket
 import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +14,9 @@ import pytest
 import config
 from errors import ConfigError
 import notes
-from anki_server import download_collection, free_port, media_files, notes_in, seed_other_device
+from anki_server import (_accepts, download_collection, free_port, media_files, notes_in,
+                         seed_other_device)
+from helpers import wait_until
 from service import Service
 
 KEY = "test-ankiconnect-key"
@@ -53,14 +53,8 @@ def call(port, action=None, version=6, key=None, origin=None, raw=None, method="
 
 
 def wait_for_port(service, port, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("AnkiConnect did not listen:\n" + service.logs())
+    wait_until(lambda: _accepts(port), lambda: "AnkiConnect to listen:\n" + service.logs(),
+               timeout, every=0.05)
 
 
 def start_with_ankiconnect(make, **settings):

@@ -159,42 +159,6 @@ def test_second_card_after_first_sync_syncs_normally(sync_server, account, col, 
         check.close()
 
 
-def test_same_job_twice_makes_one_note(col):
-    first = notes.add_card(col, "job-x", CARD, DECK, "w.mp3", "t.mp3")
-    second = notes.add_card(col, "job-x", CARD, DECK, "w.mp3", "t.mp3")
-    assert first == second
-    assert col.note_count() == 1
-
-
-def test_text_without_cloze_is_bad_note(col):
-    with pytest.raises(errors.BadNote, match=r"no cloze.*\{\{c1::word\}\}"):
-        notes.add_card(col, "job-y", dict(CARD, englishExample="No gap here."), DECK, None, None)
-    assert col.note_count() == 0
-
-
-def test_existing_notetype_with_fewer_fields_is_used_as_is(col):
-    models = col.models
-    notetype = models.by_name("Cloze")  # a cloze type with Text and Back Extra
-    notetype = models.copy(notetype, add=False)
-    notetype["name"] = "Custom Cloze"
-    models.add_field(notetype, models.new_field("Word"))
-    models.add_dict(notetype)
-
-    note_id, _ = notes.add_card(col, "job-z", CARD, DECK, "w.mp3", None)
-
-    note = col.get_note(note_id)
-    assert dict(note.items()) == {"Text": CARD["englishExample"], "Back Extra": "",
-                                  "Word": CARD["word"]}
-
-
-def test_existing_notetype_without_word_is_bad_note(col):
-    notetype = col.models.copy(col.models.by_name("Cloze"), add=False)
-    notetype["name"] = "Custom Cloze"
-    col.models.add_dict(notetype)
-    with pytest.raises(errors.BadNote, match="rename"):
-        notes.add_card(col, "job-w", CARD, DECK, None, None)
-
-
 def test_wrong_password_is_auth_error(sync_server, account):
     with pytest.raises(errors.SyncAuthError, match="refused username/password"):
         ankiweb.login(account, "wrong", sync_server.url)

@@ -11,6 +11,7 @@ import time
 import jwt
 import pytest
 
+from helpers import wait_until
 from service import CARD, ROOT, Service
 
 
@@ -230,60 +231,6 @@ def test_api_key_command_prints_only_the_key_and_voids_old_tokens(tmp_path):
         service.kill()
 
 
-def test_world_readable_credentials_are_refused(tmp_path):
-    service = Service(tmp_path / "data")
-    assert service.cli("api-key").returncode == 0
-    os.chmod(service.data_dir / "credentials.json", 0o644)
-    result = service.cli("serve")
-    assert result.returncode == 1 and "chmod 600" in result.stderr
-
-
-def test_bad_settings_stop_the_start_naming_the_variable(tmp_path):
-    service = Service(tmp_path / "data", ANKISYNC_TASK_TIMEOUT="soon")
-    result = service.cli("serve")
-    assert result.returncode == 1
-    assert "ANKISYNC_TASK_TIMEOUT='soon' from environment" in result.stderr
-    assert "Traceback" not in result.stderr
-    service = Service(tmp_path / "data2", ANKISYNC_LISTEN="5000")
-    result = service.cli("worker")
-    assert result.returncode == 1 and "ANKISYNC_LISTEN" in result.stderr
-
-
-def test_settings_from_the_data_dir_env_file(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / ".env").write_text("# mine\nANKISYNC_SYNC_ENDPOINT=ftp://nope\n")
-    result = Service(data).cli("serve")
-    assert result.returncode == 1
-    assert f"ANKISYNC_SYNC_ENDPOINT='ftp://nope' from {data / '.env'}" in result.stderr
-
-
-def test_a_port_in_use_is_named(tmp_path):
-    import socket
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        result = Service(tmp_path / "data", ANKISYNC_LISTEN=f"127.0.0.1:{port}").cli("serve")
-    assert result.returncode == 1 and "ANKISYNC_LISTEN" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_a_data_dir_open_to_others_is_closed(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir(mode=0o755)
-    os.chmod(data, 0o755)
-    assert Service(data).cli("api-key").returncode == 0
-    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
-
-
-def test_readme_lists_every_setting():
-    from pathlib import Path
-    import config
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert config.reference() in readme
-
-
 def test_bodies_over_waitress_cap_get_json_413(api):
     """Past waitress's own limit the answer comes from waitress: JSON too, not plain text."""
     for raw in [b"x" * 300_000, json.dumps({**CARD, "word": "x" * 300_000}).encode()]:
@@ -308,37 +255,12 @@ def test_a_client_hanging_up_mid_body_logs_no_traceback(api):
     # a request after the hang-ups is answered, and logged after them: the log is complete
     marker = "/api/v1/tasks/" + "f" * 32
     assert api.call("GET", marker)[0] == 404
-    deadline = time.monotonic() + 10
-    while marker not in api.logs() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # (a 404 is not logged: the line a card's acceptance logs marks the end instead)
+    accepted = api.call("POST", "/api/v1/clozeNotes", CARD)[2]["taskId"]
+    wait_until(lambda: f"job {accepted}: accepted" in api.logs(), api.logs, 10)
     new = api.logs().splitlines()[before:]
     assert "Traceback" not in "\n".join(new)
     assert len([line for line in new if "ERROR" in line or "disconnect" in line.lower()]) <= 2
-
-
-@pytest.mark.parametrize("value, where", [
-    ("https://dictionary.cambridge.org/", "trailing slash"),
-    ("https://dictionary.cambridge.org/dictionary", "a path"),
-    ("dictionary.cambridge.org", "no scheme"),
-    ("https://a.example, *", "* among origins"),
-])
-def test_cors_origins_that_are_not_origins_stop_the_start(tmp_path, value, where):
-    service = Service(tmp_path / "data", ANKISYNC_CORS_ORIGINS=value)
-    result = service.cli("serve")
-    assert result.returncode == 1, where
-    assert f"ANKISYNC_CORS_ORIGINS={value!r} from environment" in result.stderr, where
-    assert "scheme://host[:port]" in result.stderr and "Traceback" not in result.stderr
-    data = tmp_path / "from-file"  # the same from DATA_DIR/.env, named as the source
-    data.mkdir(exist_ok=True)
-    (data / ".env").write_text(f"ANKISYNC_CORS_ORIGINS={value}\n")
-    result = Service(data).cli("worker")
-    assert result.returncode == 1 and f"from {data / '.env'}" in result.stderr, where
-
-
-def test_allowed_hosts_must_be_names(tmp_path):
-    result = Service(tmp_path / "data", ANKISYNC_ALLOWED_HOSTS="https://anki.example").cli("serve")
-    assert result.returncode == 1 and "ANKISYNC_ALLOWED_HOSTS='https://anki.example'" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_setup_takes_the_google_key_from_a_file_or_stdin_never_argv(tmp_path, fake_tts):

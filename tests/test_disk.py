@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import threading
-import time
 import urllib.request
 
 import pytest
 
-from test_faults import assert_exactly_once, card
+from helpers import card, wait_until
+from test_faults import assert_exactly_once
 
 
 def fill(mount, chunk=1 << 20):
@@ -61,14 +61,6 @@ def health(service):
     return body
 
 
-def wait_until(condition, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
-
 
 def assert_quiet_log(service):
     """No traceback, and one line per change of state, not one per poll."""
@@ -99,7 +91,7 @@ def test_full_disk_refuses_cards_with_507_and_recovers(small_disk, make_service,
     assert info["worker"]["alive"] is True
     status_text = service.cli("status").stdout
     assert "disk       FULL" in status_text, status_text
-    wait_until(lambda: "disk full (" in service.logs(), "the worker did not log the full disk")
+    wait_until(lambda: "disk full (" in service.logs(), "the worker to log the full disk", 60)
 
     filler.unlink()
     for n in range(6, 9):
@@ -199,7 +191,7 @@ def test_disk_fills_while_jobs_wait_and_none_is_lost(small_disk, make_service, a
         assert held.arrived.wait(60), service.logs()  # the worker is speaking the first ones
         filler = fill(small_disk)
         held.released.set()  # the clips now meet a full disk
-        wait_until(lambda: "disk full (" in service.logs(), "the worker did not see the full disk")
+        wait_until(lambda: "disk full (" in service.logs(), "the worker to see the full disk", 60)
         assert health(service)["status"] == "disk full"
         for task_id in accepted:  # waiting, none failed
             assert service.job(task_id)["status"] in ("pending", "started", "retrying")

@@ -9,7 +9,7 @@ import pytest
 
 from service import ROOT, Service
 from test_e2e import synced_notes
-from test_faults import card
+from helpers import card
 
 STOPS_WITHIN = 60  # seconds: a bound, so a start that runs on regardless fails the test
 

@@ -8,7 +8,8 @@ import threading
 
 from anki_server import free_port
 from service import ROOT
-from test_faults import assert_exactly_once, card
+from helpers import card
+from test_faults import assert_exactly_once
 
 REFUSED_WITHIN = 60  # seconds: a bound on the refusal, so a second instance that runs fails
 
