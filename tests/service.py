@@ -99,8 +99,9 @@ class Service:
         return self
 
     def worker_alive(self):
+        # written, not only created: a test may read the pid as soon as start() returns
         pid_file = self.data_dir / "worker.pid"
-        return pid_file.exists()
+        return pid_file.exists() and pid_file.read_text().strip() != ""
 
     def stop(self, sig=signal.SIGTERM, timeout=45):
         """Signal run.sh; returns its exit status. Kills the group if it hangs."""

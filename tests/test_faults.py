@@ -166,7 +166,7 @@ def test_web_process_killed_while_clients_post(make_service, sync_server, accoun
 
 
 def test_sync_server_down_during_a_burst(make_service, sync_server, account, tmp_path):
-    service = make_service()
+    service = make_service(ANKISYNC_MAX_ATTEMPTS=1000)  # no job gives up on a slow machine
     service.sync_login(account)
     sync_server.stop()
     try:
@@ -495,7 +495,7 @@ def test_moving_to_another_sync_server_carries_every_card_and_clip(make_service,
 
 
 def test_retrying_jobs_sync_in_one_batch(make_service, sync_server, account, tmp_path):
-    service = make_service()
+    service = make_service(ANKISYNC_MAX_ATTEMPTS=1000)  # no job gives up on a slow machine
     service.sync_login(account)
     wait_for_log(service, "synced (")
     sync_server.stop()
