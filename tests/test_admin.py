@@ -6,11 +6,14 @@ import re
 import stat
 import subprocess
 
+import pytest
+
 from conftest import GOOGLE_KEY
 from helpers import card
 from service import ROOT, Service
 
 
+@pytest.mark.slow
 def test_status_shows_done_failed_and_waiting_jobs(make_service, account, fake_tts):
     service = make_service()
     service.sync_login(account)

@@ -232,6 +232,7 @@ def test_url_reaches_only_public_or_allowed_hosts(door, sites):
     assert loopback.seen == []
 
 
+@pytest.mark.slow
 def test_url_download_has_a_deadline_and_a_size_cap(door, sites):
     ac = Client(door.ac_port)
     allowed = sites["allowed"]
@@ -338,6 +339,7 @@ def test_client_hanging_up_mid_body_logs_one_short_line(door):
     assert Client(door.ac_port)("version") == 6
 
 
+@pytest.mark.slow
 def test_wrong_keys_are_throttled_and_logged(make_service):
     port = free_port()
     service = make_service(ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}",

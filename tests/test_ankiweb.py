@@ -170,6 +170,7 @@ def test_bad_session_key_is_auth_error(sync_server, account, col):
         ankiweb.sync(col, "not-a-session-key", sync_server.url, Jobs().reapply)
 
 
+@pytest.mark.slow
 def test_stopped_server_is_unavailable_then_sync_recovers(sync_server, account, col):
     jobs = Jobs()
     hkey = hkey_for(sync_server, account)
@@ -188,6 +189,7 @@ def test_stopped_server_is_unavailable_then_sync_recovers(sync_server, account, 
     assert ankiweb.sync(col, hkey, sync_server.url, jobs.reapply)["outcome"] == "uploaded"
 
 
+@pytest.mark.slow
 def test_hanging_server_times_out(col):
     # accepts connections (the kernel does, via the backlog) but never answers
     with socket.socket() as silent:

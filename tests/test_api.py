@@ -88,6 +88,7 @@ def test_two_tabs_refreshing_with_the_same_token_both_stay_logged_in(api):
         assert api.call("GET", "/api/v1/health", token=later["accessToken"])[0] == 200
 
 
+@pytest.mark.slow
 def test_refresh_rotates_and_reuse_after_the_interval_revokes(tmp_path):
     service = Service(tmp_path / "data", ANKISYNC_REFRESH_REUSE_INTERVAL="1")
     service.start()

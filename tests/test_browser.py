@@ -11,6 +11,8 @@ import pytest
 from browser import Page, chromium
 from service import CARD, Service
 
+pytestmark = pytest.mark.slow  # a real browser
+
 # The page's requests: a login with the given key, then what the answer let it read.
 ATTEMPT = """
 async function attempt(path, options) {

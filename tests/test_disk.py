@@ -16,6 +16,8 @@ import pytest
 from helpers import card, wait_until
 from test_faults import assert_exactly_once
 
+pytestmark = pytest.mark.slow  # a real full file system, filled and freed
+
 
 def fill(mount, chunk=1 << 20):
     """Fill the filesystem at mount to the last byte with one file; returns its path."""

@@ -173,6 +173,7 @@ def test_refused_tts_key_fails_the_job_with_advice(make_service, fake_tts):
     assert status == 502 and body["status"] == "failure" and "API key" in body["message"]
 
 
+@pytest.mark.slow
 def test_tts_outage_is_retried_until_it_passes(service, fake_tts, account):
     fake_tts.fail_next(3, 503)
     job, seen = service.wait(service.post_card()[1]["taskId"])
@@ -188,6 +189,7 @@ def test_sigterm_stops_api_and_worker_with_no_orphans(service):
     assert not (service.data_dir / "worker.pid").exists()
 
 
+@pytest.mark.slow
 def test_job_interrupted_by_a_killed_worker_is_recovered_on_restart(make_service, fake_tts):
     service = make_service()
     fake_tts.hold()  # the job is mid-speech when the worker dies
@@ -203,6 +205,7 @@ def test_job_interrupted_by_a_killed_worker_is_recovered_on_restart(make_service
     assert job["status"] == "success", job
 
 
+@pytest.mark.slow
 def test_hung_job_ends_as_timeout_and_the_next_job_runs(make_service, fake_tts):
     service = make_service(ANKISYNC_TASK_TIMEOUT=2)
     fake_tts.hold()  # no answer before the job's time is up

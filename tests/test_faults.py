@@ -20,6 +20,8 @@ import notes
 from anki_server import download_collection, notes_in
 from helpers import card, request_waiting_at, wait_for_log, wait_until
 
+pytestmark = pytest.mark.slow  # processes killed, servers stopped, hundreds of cards
+
 
 def server_guids(tmp_path, sync_server, account):
     col = download_collection(tmp_path / f"device-{time.monotonic_ns()}", sync_server.url,

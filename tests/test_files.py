@@ -11,6 +11,8 @@ from service import ROOT, Service
 from test_e2e import synced_notes
 from helpers import card
 
+pytestmark = pytest.mark.slow  # a damaged file and a restart per test
+
 STOPS_WITHIN = 60  # seconds: a bound, so a start that runs on regardless fails the test
 
 

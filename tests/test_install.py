@@ -21,6 +21,8 @@ import pytest
 from anki_server import free_port
 from service import ROOT, request, wait_until
 
+pytestmark = pytest.mark.slow  # a fresh virtualenv from a clean copy
+
 FIRST_RUN_TIMEOUT = 300  # seconds: a fresh virtualenv and every requirement
 UNIT = ROOT / "deploy" / "ankisync.service"
 

@@ -223,6 +223,7 @@ def links_followed(events):
     return followed
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_disagreement(api, token, tmp_path):
     """The fuzzer's phases and checks, bounded in cases and time; each finding fails."""
     status, output, events = schemathesis_run(api, token, tmp_path)

@@ -51,6 +51,7 @@ def lock_out(service, source):
     return login(service, "ak_wrong", source)
 
 
+@pytest.mark.slow
 def test_lockout_stops_wrong_guesses_and_releases(api):
     status, headers, body = lock_out(api, "127.0.2.1")
     assert status == 429, body
@@ -83,6 +84,7 @@ def test_the_right_key_and_a_valid_refresh_token_pass_a_lockout(api):
     assert status == 201 and body["accessToken"], body
 
 
+@pytest.mark.slow
 def test_lockouts_grow_while_failures_go_on(api):
     status, headers, _ = lock_out(api, "127.0.2.3")
     first = int(headers["Retry-After"])
@@ -348,6 +350,7 @@ def test_waiting_requests_cannot_starve_login_and_health(make_service, fake_tts)
         fake_tts.release()
 
 
+@pytest.mark.slow
 def test_slow_connections_do_not_take_the_api_down(api):
     """Slowloris: 100 connections that drip a header byte every 2 s, for a bounded time;
     meanwhile new clients log in and read health (loopback only)."""

@@ -1,6 +1,8 @@
 """The task routes a client follows up with: list, retry, cancel, and the
 Idempotency-Key that makes a retried POST the same task."""
 
+import pytest
+
 from helpers import card, wait_for_log
 
 
@@ -48,6 +50,7 @@ def test_failed_jobs_are_listed_retried_and_pending_ones_cancelled(make_service,
     assert [t["taskId"] for t in rest["tasks"]] == [failed["taskId"]] and rest["next"] is None
 
 
+@pytest.mark.slow
 def test_cancel_is_refused_once_the_note_is_added(make_service, sync_server, account):
     service = make_service()
     service.sync_login(account)
