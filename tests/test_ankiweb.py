@@ -1,4 +1,5 @@
-"""notes.py and ankiweb.py against a real local Anki sync server; no mocks.
+"""ankiweb.py (with notes.py) against a real local Anki sync server; no mocks.
+The rules for one note, with no sync, are in test_notes.py.
 
 Uses conftest.py's session-wide `sync_server` and its fresh `account` per test.
 """
