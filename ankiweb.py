@@ -86,7 +86,6 @@ def login(username: str, password: str, endpoint: str | None) -> dict:
     refused = "the sync server refused username/password: {error}"
     with _sync_errors(endpoint, Translations(weakref.ref(backend)), refused):
         auth = backend.sync_login(request)
-    log.info("logged into %s as %s", _server_name(endpoint), username)
     return {"hkey": auth.hkey, "endpoint": endpoint}
 
 

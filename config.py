@@ -283,12 +283,14 @@ def describe(settings, voice=None):
     """Lines for the start-up log: what was loaded, secrets left out."""
     on_defaults = all(source == "default" for source in settings.sources.values())
     host, port = settings.listen
+    connect = settings.ankiconnect_listen
     lines = [
         f"data dir {settings.data_dir.resolve()}",
         f"API on http://{host}:{port}",
+        f"AnkiConnect on http://{connect[0]}:{connect[1]}" if connect
+        else "AnkiConnect off (ANKISYNC_ANKICONNECT_LISTEN is empty)",
         f"sync endpoint {settings.sync_endpoint or ANKIWEB}",
-        f"deck {settings.deck!r}, voice {settings.tts_voice}"
-        + (f", text-to-speech {voice}" if voice else ""),
+        f"deck {settings.deck!r}" + (f", text-to-speech {voice}" if voice else ""),
     ]
     if on_defaults:
         lines.append("running on default settings only (see README: Configuration)")

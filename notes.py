@@ -1,17 +1,24 @@
-"""The "Custom Cloze" note type, and adding a card's note to the collection once."""
+"""The card's fields, the "Custom Cloze" note type, and adding a card's note once.
+
+The web process reads CARD_FIELDS to validate a card: `anki` is imported inside
+functions (as tts.py does with google.cloud), so importing this module costs nothing.
+"""
+
+from __future__ import annotations
 
 import hashlib
 import logging
+from collections import namedtuple
 from pathlib import Path
-
-from anki.collection import Collection
-from anki.consts import MODEL_CLOZE
-from anki.decks import DeckId
-from anki.models import NotetypeDict
-from anki.notes import NoteFieldsCheckResult, NoteId
-from anki.utils import base91
+from typing import TYPE_CHECKING
 
 import errors
+
+if TYPE_CHECKING:
+    from anki.collection import Collection
+    from anki.decks import DeckId
+    from anki.models import NotetypeDict
+    from anki.notes import NoteId
 
 log = logging.getLogger(__name__)
 
@@ -23,35 +30,40 @@ FIELDS = (
 REQUIRED_FIELDS = ("Text", "Word")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "custom_cloze"
 
-# The one place the API's card keys meet the note's fields.
-CARD_KEY_FOR_FIELD = {
-    "Text": "englishExample",
-    "Word": "word",
-    "TextTranslation": "exampleTranslation",
-    "EnDefinition": "englishDefinition",
-    "DefinitionTranslation": "definitionTranslation",
-    "PartOfSpeech": "partOfSpeech",
-    "CefrLevel": "cefrLevel",
-    "Code": "code",
-    "GuideWord": "guideWord",
-}
+# The card's nine fields, the one table of them: the API's name, the note's
+# field, whether a card must have it, and the longest value accepted. The web
+# app validates with it, the note is filled from it, openapi.py describes it.
+CardField = namedtuple("CardField", "name field required longest")
+CARD_FIELDS = (
+    CardField("word", "Word", True, 200),
+    CardField("partOfSpeech", "PartOfSpeech", False, 100),
+    CardField("guideWord", "GuideWord", False, 200),
+    CardField("englishDefinition", "EnDefinition", False, 2000),
+    CardField("definitionTranslation", "DefinitionTranslation", False, 2000),
+    CardField("cefrLevel", "CefrLevel", False, 20),
+    CardField("code", "Code", False, 100),
+    CardField("englishExample", "Text", True, 2000),
+    CardField("exampleTranslation", "TextTranslation", False, 2000),
+)
 
+# NoteFieldsCheckResult's names -> what to fix
 _CHECK_MESSAGES = {
-    NoteFieldsCheckResult.EMPTY:
+    "EMPTY":
         "englishExample is empty: send the example sentence with the hidden word "
         "marked like {{c1::word}}",
-    NoteFieldsCheckResult.MISSING_CLOZE:
+    "MISSING_CLOZE":
         "englishExample has no cloze: mark the hidden word like {{c1::word}}",
-    NoteFieldsCheckResult.NOTETYPE_NOT_CLOZE:
+    "NOTETYPE_NOT_CLOZE":
         f"the note type {NOTETYPE_NAME!r} in the collection is not a cloze type: "
         "rename it in Anki so ankisync can create its own",
-    NoteFieldsCheckResult.FIELD_NOT_CLOZE:
+    "FIELD_NOT_CLOZE":
         "only englishExample may hold cloze markers like {{c1::word}}: "
         "remove them from the other fields",
 }
 
 
 def _new_notetype(col: Collection) -> NotetypeDict:
+    from anki.consts import MODEL_CLOZE
     models = col.models
     notetype = models.new(NOTETYPE_NAME)
     notetype["type"] = MODEL_CLOZE
@@ -88,11 +100,13 @@ def ensure_notetype(col: Collection) -> NotetypeDict:
 
 def ensure_deck(col: Collection, name: str) -> DeckId:
     """The id of the deck called name, created when missing."""
+    from anki.decks import DeckId
     return DeckId(col.decks.add_normal_deck_with_name(name).id)
 
 
 def note_guid(job_id: str) -> str:
     """The guid of a job's note: the same job always gives the same note."""
+    from anki.utils import base91
     digest = hashlib.sha256(f"ankisync:{job_id}".encode()).digest()
     # 64 bits in base91, like the guids Anki makes itself
     return base91(int.from_bytes(digest[:8], "big"))
@@ -108,7 +122,7 @@ def has_note(col: Collection, job_id: str) -> bool:
 
 
 def _field_values(card: dict, word_clip: str | None, text_clip: str | None) -> dict[str, str]:
-    values = {field: card.get(key) or "" for field, key in CARD_KEY_FOR_FIELD.items()}
+    values = {field.field: card.get(field.name) or "" for field in CARD_FIELDS}
     values["DefinitionAudio"] = f"[sound:{word_clip}]" if word_clip else ""
     values["TextAudio"] = f"[sound:{text_clip}]" if text_clip else ""
     return values
@@ -121,6 +135,7 @@ def add_card(col: Collection, job_id: str, card: dict, deck: str,
     card holds the API request's keys; word_clip and text_clip are names of
     files already in the media folder (the spoken word and sentence).
     """
+    from anki.notes import NoteFieldsCheckResult
     existing = _find_note(col, job_id)
     if existing is not None:
         return existing, list(col.card_ids_of_note(existing))
@@ -135,7 +150,7 @@ def add_card(col: Collection, job_id: str, card: dict, deck: str,
     # A duplicate sentence is allowed, as in Anki itself: the same sentence may
     # serve two words, and a re-applied note must never be refused for it.
     if state not in (NoteFieldsCheckResult.NORMAL, NoteFieldsCheckResult.DUPLICATE):
-        raise errors.BadNote(_CHECK_MESSAGES.get(state, f"Anki refused the note ({state})"))
+        raise errors.BadNote(_CHECK_MESSAGES.get(NoteFieldsCheckResult.Name(state),
+                                                 f"Anki refused the note ({state})"))
     col.add_note(note, ensure_deck(col, deck))
-    log.info("job %s: added note %s", job_id, note.id)
     return note.id, list(note.card_ids())

@@ -1,11 +1,12 @@
 """The OpenAPI 3 description of the HTTP API, served at /api/v1/openapi.json.
 
 Built in code so that the card fields and their length caps come from the
-table the server validates with (ankisync.CARD_FIELDS, passed in), and the job
-statuses from jobs.STATUSES. tests/test_openapi.py checks it against the
-server: every route and method the app has is here, and schemathesis, run
-against the served document, finds no request the server and this document
-judge differently and no answer this document does not allow.
+table the server validates with (notes.CARD_FIELDS, passed in as
+ankisync.CARD_FIELDS), and the job statuses from jobs.STATUSES.
+tests/test_openapi.py checks it against the server: every route and method the
+app has is here, and schemathesis, run against the served document, finds no
+request the server and this document judge differently and no answer this
+document does not allow.
 """
 
 import re

@@ -1,0 +1,447 @@
+"""The command line: every role and command of ./run.sh, and what each does at start.
+
+ankisync.py's main() hands over here with its Bottle app; this module never
+imports ankisync.py back. Commands: serve (the API on waitress), worker (the
+Huey consumer), login, api-key, setup and status; start-up is taking the data
+dir's lock, checking its files, making the tables, and setting up logging.
+"""
+
+import argparse
+import fcntl
+import functools
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import auth
+import config
+import credentials
+import db
+import jobs
+import tts
+from errors import AlreadyRunning, AnkisyncError, ConfigError, DamagedFile
+from health import service_status
+
+log = logging.getLogger("ankisync")
+
+# The largest request body the API reads (ankisync.json_body); waitress itself
+# refuses four times that before the app sees it.
+MAX_BODY = 64 * 1024
+
+
+def settings():
+    return config.current()
+
+
+def stored_credentials():
+    return credentials.load(config.credentials_path(settings()))
+
+
+def hold_lock(current, role):
+    """This data dir's lock for role ("api" or "worker"), held for the process's life.
+
+    A second instance is refused before it touches anything, with the first
+    one's pid and address. The fd is never closed: the lock goes with the
+    process (and the worker's children, which inherit it).
+    """
+    config.ensure_data_dir(current)
+    path = config.lock_path(current, role)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
+        os.close(fd)
+        raise AlreadyRunning(
+            f"ankisync is already running on the data dir {current.data_dir.resolve()}: its"
+            f" {role.replace('api', 'API')}"
+            f" has pid {holder[0]}, its API listens on {holder[-1]} ({path} is locked). Stop it"
+            " first (sudo systemctl stop ankisync, or Ctrl-C where ./run.sh runs), or give this"
+            " one its own ANKISYNC_DATA_DIR") from None
+    host, port = current.listen
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {host}:{port}\n".encode(), 0)
+    return fd
+
+
+def check_files(current):
+    """Stop with the file's name and the fix when a file of the data dir is damaged."""
+    path, kept = config.db_path(current), config.credentials_path(current)
+    fix = (f"move it aside (mv {path} {path}.damaged, and its -wal and -shm files), then put"
+           " back ankisync.db from your backup (README: Backup and restore). Without a backup,"
+           " just start again: a new one is made; notes already in the collection are kept and"
+           " synced, but cards still waiting in it are lost (post them again) and clients log in"
+           " again with the API key. Nothing in it comes back from the sync server")
+    wal = path.with_name(path.name + "-wal")
+    # SQLite would take an emptied file for a new one, and start on an empty job table
+    if (path.exists() and path.stat().st_size == 0 and kept.exists()
+            and not (wal.exists() and wal.stat().st_size)):
+        raise DamagedFile(f"{path} is empty, yet this data dir was used before ({kept} exists):"
+                          f" the jobs it held are gone. Stop ankisync, {fix}")
+    db.check_file(path, "stop ankisync, " + fix)
+    credentials.load(kept)  # raises naming the file when it is not JSON
+
+
+def init_storage(current):
+    config.ensure_data_dir(current)
+    check_files(current)
+    path = config.db_path(current)
+    jobs.init(path)
+    auth.init(path)
+    credentials.ensure_signing_secret(config.credentials_path(current))
+
+
+def voice(current):
+    """The TTS provider in use, its credentials and voice, for the start-up log."""
+    stored = credentials.load(config.credentials_path(current))
+    key = current.google_api_key or stored.get("google_api_key")
+    provider = tts.choose(current.tts, key)
+    if provider == "google":
+        return ("google with an API key" if key else "google with GOOGLE_APPLICATION_CREDENTIALS="
+                f"{current.google_application_credentials}") + f", voice {current.tts_voice}"
+    if provider == "espeak":
+        return f"espeak (espeak-ng), voice {current.espeak_voice}"
+    return "none (cards without audio)"
+
+
+def serve(args, app):
+    import waitress
+    auth.keep_jwt_light()
+    current = settings()
+    hold_lock(current, "api")
+    init_storage(current)
+    import huey_tasks  # noqa: F401  (the queue's tables exist before the first request) TODO(s12code)
+    host, port = current.listen
+    for line in config.describe(current, voice(current)):
+        log.info("%s", line)
+    if "api_key_sha256" not in stored_credentials():
+        log.warning("no API key yet: make one with `./run.sh api-key`")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server = waitress.create_server(
+            app, host=host, port=port, threads=16, ident="ankisync",
+            max_request_body_size=MAX_BODY * 4,
+            # Slow clients (slowloris: a header byte every few seconds) cost waitress a
+            # socket, not a thread, until connection_limit sockets are open; then it stops
+            # accepting and the API is gone. So: room for many (poll(), not select(), which
+            # fails past 1,024 descriptors; each idle connection costs a few KB), and idle
+            # ones are closed after 30 s, checked every 5 s, instead of 120 s every 30 s.
+            connection_limit=800, asyncore_use_poll=True, channel_timeout=30,
+            cleanup_interval=5)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): is ankisync already"
+                          " running? Stop it, or set ANKISYNC_LISTEN to another port") from None
+    server.channel_class = _json_error_channel()
+    log.info("API listening on http://%s:%s", host, port)
+    server.run()
+
+
+def _json_error_channel():
+    """waitress's channel, with its own errors (body too large, bad request) as JSON."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            self.status = f"{error.code} {error.reason}"
+            reason = (f"request body too large: at most {MAX_BODY} bytes" if error.code == 413
+                      else f"{error.reason.lower()}: {error.body}")
+            body = json.dumps({"message": reason}).encode()
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    return type("JsonErrorChannel", (HTTPChannel,), {"error_task_class": JsonErrorTask})
+
+
+def run_worker(args):
+    current = settings()
+    hold_lock(current, "worker")
+    init_storage(current)
+    # Nobody holds the collection now: a damaged one is refused here, not mid-job.
+    collection = config.collection_path(current)
+    db.check_file(collection, (
+        f"stop ankisync, move it aside (mv {collection} {collection}.damaged) and start again:"
+        " the next sync downloads your collection from the sync server, and cards added since"
+        " the last sync are added again from the job table. Without a sync login, put back"
+        " collection.anki2 from your backup instead (README: Backup and restore)"))
+    import huey_tasks  # TODO(s12code)
+    for line in config.describe(current, voice(current)):
+        log.info("%s", line)
+    pid_path = config.worker_pid_path(current)
+    pid_path.write_text(str(os.getpid()))
+    # One process worker: Huey enforces task timeouts only in process workers,
+    # and a single writer is what the Anki collection allows. SIGTERM lets the
+    # running job finish (bounded); SIGINT stops at once. Either way a job left
+    # unfinished is recovered at the next start.
+    consumer = huey_tasks.huey.create_consumer(
+        workers=1, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.15,
+        max_delay=0.1, check_worker_health=True, health_check_interval=1,
+        graceful_signal="TERM", shutdown_timeout=30)
+    log.info("worker running (one process worker, task timeout %gs)", current.task_timeout)
+    try:
+        consumer.run()
+    finally:
+        pid_path.unlink(missing_ok=True)
+
+
+def read_password():
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def do_login(username, password):
+    """Log into the sync server, keep only the session key, sync what waits."""
+    import ankiweb
+    import huey_tasks  # TODO(s12code)
+    current = settings()
+    init_storage(current)
+    session = ankiweb.login(username, password, current.sync_endpoint)
+    credentials.update(config.credentials_path(current), sync={
+        "username": username, "hkey": session["hkey"], "endpoint": session["endpoint"],
+        "login_endpoint": current.sync_endpoint})
+    huey_tasks.sync_now()  # cards made before the login go up now
+    log.info("logged into %s as %s; the session key is stored, the password is not",
+             current.sync_endpoint or config.ANKIWEB, username)
+
+
+def login_command(args):
+    do_login(args.username, read_password())
+
+
+def make_api_key():
+    key = auth.new_api_key(config.credentials_path(settings()))
+    print(key, flush=True)
+    log.warning("this is your new API key; it is shown only once (only its hash is kept)."
+                " Tokens issued with an older key no longer work.")
+
+
+def api_key_command(args):
+    current = settings()
+    init_storage(current)
+    if args.if_missing and "api_key_sha256" in stored_credentials():
+        return
+    make_api_key()
+
+
+def status_command(args):
+    """The service at a glance; exit status 1 when the worker is not running."""
+    current = settings()
+    init_storage(current)
+    info = service_status(current)
+    info["dataDir"] = {"path": str(current.data_dir.resolve()),
+                       "bytes": sum(p.stat().st_size for p in current.data_dir.rglob("*")
+                                    if p.is_file())}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0 if info["worker"]["alive"] else 1
+    sync, queue, day, connect = info["sync"], info["queue"], info["last24h"], info["ankiconnect"]
+    worker = (f"running (pid {info['worker']['pid']})" if info["worker"]["alive"]
+              else "NOT RUNNING: start it with ./run.sh (or systemctl start ankisync)")
+    login = (f"logged in as {sync['username']} at {sync['endpoint']}" if sync["loggedIn"]
+             else f"not logged in: ./run.sh login USERNAME ({sync['endpoint']})")
+    last = (f"{sync['lastSyncAt']} ({sync['lastOutcome']})" if sync["lastSyncAt"] else "never")
+    who = ("key required" if connect["keyRequired"]
+           else "no key: only this user's programs on this machine")
+    ankiconnect = {"off": "off (ANKISYNC_ANKICONNECT_LISTEN is empty)",
+                   "listening": f"on http://{connect['listen']}, {who}",
+                   "starting": f"starting on {connect['listen']}",
+                   "stopped": "not serving: the worker is not running",
+                   }.get(connect["state"], f"NOT SERVING: {connect['problem']}")
+    lines = [
+        f"worker     {worker}",
+        f"queue      {queue['pending']} pending, {queue['started']} started,"
+        f" {queue['retrying']} retrying",
+        f"last 24 h  {day['success']} done, {day['failure']} failed"
+        + ("  (GET /api/v1/tasks?status=failure lists them)" if day["failure"] else ""),
+        f"sync       {login}",
+        f"last sync  {last}",
+        f"last error {sync['lastError'] or 'none'}",
+        f"voice      {info['tts']}",
+        f"ankiconnect {ankiconnect}",
+        f"data dir   {info['dataDir']['path']} ({info['dataDir']['bytes'] / 1e6:.1f} MB)",
+        "disk       " + (f"FULL: {info['disk']['message']}" if info["disk"]["full"]
+                         else f"{info['disk']['freeBytes'] / 1e6:.0f} MB free"),
+    ]
+    print("\n".join(lines))
+    return 0 if info["worker"]["alive"] else 1
+
+
+def ask(prompt, secret=False):
+    """An answer from the person at the terminal; None when there is none."""
+    if not sys.stdin.isatty():
+        return None
+    return (getpass.getpass(prompt) if secret else input(prompt)).strip() or None
+
+
+def check_voice(current, provider, key):
+    """Speak one short word now, so a bad key shows up here and not in the first card."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tts.ensure_clip(Path(scratch), "ankisync", provider=provider, api_key=key,
+                        endpoint=current.google_tts_endpoint, timeout=30,
+                        voice=current.espeak_voice if provider == "espeak" else current.tts_voice)
+
+
+def read_google_key(path):
+    """The key from --google-key-file: a file, or "-" for a line of stdin (never argv, which
+    every user of the machine sees in ps)."""
+    if not path:
+        return None
+    try:
+        text = sys.stdin.readline() if path == "-" else Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"--google-key-file {path}: cannot read it ({error.strerror})") from None
+    return text.strip() or None
+
+
+def setup_command(args):
+    """Sync login, voice and API key: from flags and environment, else by asking."""
+    if args.google_key:
+        raise ConfigError("--google-key shows the key to every user of this machine (ps):"
+                          " put it in a file and use --google-key-file PATH, or pipe it with"
+                          " --google-key-file -, or answer the prompt")
+    current = settings()
+    init_storage(current)
+    log.info("ankisync setup, data dir %s", current.data_dir.resolve())
+    setup_login(args, current)
+    setup_voice(args, current)
+    setup_api_key(args)
+    log.info("setup done: start the service with ./run.sh")
+
+
+def setup_login(args, current):
+    """Log into the sync server when a username is given or typed; skipped otherwise."""
+    username = args.username or os.environ.get("ANKISYNC_SETUP_USERNAME") or ask(
+        f"{current.sync_endpoint or config.ANKIWEB} username (empty to skip): ")
+    if username:
+        password = os.environ.get("ANKISYNC_SETUP_PASSWORD") or read_password()
+        do_login(username, password)
+
+
+def setup_voice(args, current):
+    """Choose the voice, try it once, and keep it (ANKISYNC_TTS, the Google key)."""
+    voice = args.tts or ask("Voice: google, espeak (offline) or none [auto]: ") or current.tts
+    if voice not in ("auto", "google", "espeak", "none"):
+        raise ConfigError(f"--tts {voice!r}: expected auto, google, espeak or none")
+    stored_key = stored_credentials().get("google_api_key")
+    key = setup_google_key(args, current, voice, stored_key)
+    provider = tts.choose(voice, key)
+    if provider:
+        check_voice(current, provider, key)
+        log.info("voice %s works", provider)
+    else:
+        log.warning("no voice: cards will be made without audio")
+    if key and key not in (current.google_api_key, stored_key):  # kept once it worked
+        credentials.update(config.credentials_path(current), google_api_key=key)
+    if voice != current.tts:
+        config.update_env_file(current.data_dir / ".env", ANKISYNC_TTS=voice)
+
+
+def setup_google_key(args, current, voice, stored_key):
+    """The Google key: --google-key-file, the settings or credentials, else asked for."""
+    key = read_google_key(args.google_key_file) or current.google_api_key or stored_key
+    if voice in ("auto", "google") and not key:
+        key = ask("Google text-to-speech API key (empty to skip): ", secret=True)
+        if key is None and voice == "google":
+            raise ConfigError("--tts google needs a key: --google-key-file PATH (- for stdin),"
+                              " ANKISYNC_GOOGLE_API_KEY_FILE, or the prompt at a terminal")
+    return key
+
+
+def setup_api_key(args):
+    """A new API key on the first setup, with --new-api-key, or when asked for one."""
+    have_key = "api_key_sha256" in stored_credentials()
+    new_key = args.new_api_key or not have_key or (
+        (ask("Make a new API key for clients (old tokens stop working)? [y/N] ") or "n")
+        .lower().startswith("y"))
+    if new_key:
+        make_api_key()
+
+
+def parse_args(argv, app):
+    parser = argparse.ArgumentParser(
+        prog="./run.sh",
+        description="ankisync: an HTTP API that turns a word into an Anki cloze card with audio.",
+        epilog="Settings (environment or DATA_DIR/.env):\n" + config.reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API").set_defaults(
+        run=functools.partial(serve, app=app))
+    commands.add_parser("worker", help="run the Huey worker").set_defaults(run=run_worker)
+    login_parser = commands.add_parser("login", help="log into AnkiWeb or the sync server")
+    login_parser.add_argument("username")
+    login_parser.set_defaults(run=login_command)
+    key_parser = commands.add_parser("api-key", help="make a new API key, print it once")
+    key_parser.add_argument("--if-missing", action="store_true",
+                            help="only when none exists yet (first start)")
+    key_parser.set_defaults(run=api_key_command)
+    setup_parser = commands.add_parser(
+        "setup", help="sync login, voice, API key: asks, or takes flags for scripts",
+        description="Each answer may come from a flag or the environment; what is"
+                    " missing is asked when a person is at the terminal, else skipped."
+                    " The password comes from ANKISYNC_SETUP_PASSWORD or stdin.")
+    setup_parser.add_argument("--username", help="sync login (or ANKISYNC_SETUP_USERNAME)")
+    setup_parser.add_argument("--tts", choices=("auto", "google", "espeak", "none"),
+                              help="voice; stored as ANKISYNC_TTS in DATA_DIR/.env")
+    setup_parser.add_argument("--google-key-file", metavar="PATH",
+                              help="file holding the Google TTS API key (- reads a line of"
+                                   " stdin, after the password); stored in credentials")
+    setup_parser.add_argument("--google-key", help=argparse.SUPPRESS)  # refused: see below
+    setup_parser.add_argument("--new-api-key", action="store_true",
+                              help="make a new API key even if one exists")
+    setup_parser.set_defaults(run=setup_command)
+    status_parser = commands.add_parser("status", help="worker, queue, jobs, last sync")
+    status_parser.add_argument("--json", action="store_true", help="for scripts")
+    status_parser.set_defaults(run=status_command)
+    return parser.parse_args(argv)
+
+
+def stderr_is_journal():
+    """Whether stderr goes to journald (JOURNAL_STREAM names it; shells may inherit it)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{status.st_dev}:{status.st_ino}" == f"{device}:{inode}"
+
+
+def setup_logging(level):
+    # journald stamps each line itself; elsewhere a time helps
+    stamp = "" if stderr_is_journal() else "%(asctime)s "
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv, app):
+    """Run the command argv names (serve runs app); the process's exit status."""
+    args = parse_args(argv, app)
+    try:
+        current = settings()  # first: the log level is one of them, from .env too
+    except ConfigError as error:
+        setup_logging("INFO")
+        log.error("%s", error)
+        return 1
+    setup_logging(current.log_level)
+    if current.google_application_credentials:  # Google's library reads it from here
+        os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = current.google_application_credentials
+    try:
+        code = args.run(args) or 0
+        sys.stdout.flush()  # now, not at exit: a reader that left (`| head`) is no error
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except AnkisyncError as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
