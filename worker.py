@@ -71,6 +71,7 @@ class Worker:
         self.sync_lock = threading.Lock()  # one sync at a time, media included
         self._collection = None
         self._speakers = None  # the thread pool that speaks, made on first use
+        self._tts_clients = {}  # Google's, kept: see tts.synthesize
         # Whether this worker has synced once before adding notes: a restored data dir
         # then finds the server's copies of its notes (by guid) instead of adding them again.
         self.pulled = False
@@ -121,7 +122,8 @@ class Worker:
         voice = settings.espeak_voice if provider == "espeak" else settings.tts_voice
         voices = jobs.fix_voices(self.db, list(cards), [provider, voice])
         options = dict(provider=provider, api_key=key, endpoint=settings.google_tts_endpoint,
-                       timeout=_call_timeout(settings), temp_dir=tts.temp_dir(settings.data_dir))
+                       timeout=_call_timeout(settings), temp_dir=tts.temp_dir(settings.data_dir),
+                       clients=self._tts_clients)
         media = config.media_dir(settings)
         if self._speakers is None:
             self._speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")

@@ -29,6 +29,16 @@ SYS_MODULES_ALLOWED = {
 }
 # `global` statements allowed, with the reason.
 GLOBAL_ALLOWED = {}
+# Module-level names that functions change, with the reason: the apps and caches.
+MUTATED_ALLOWED = {
+    ("db", "_local"): "per-thread connection cache, keyed by pid and path (see db.py)",
+    ("db", "_groups"): "per-process GroupCommit cache, keyed by pid and path (see db.py)",
+    ("ankiconnect.dispatch", "ACTIONS"): "the registry, filled as the action modules load",
+    ("huey_tasks", "huey"): "the queue app: init() and the worker's start-up hook give it the"
+                            " settings, the Worker and the AnkiConnect server",
+}
+MUTATORS = {"append", "extend", "insert", "update", "setdefault", "pop", "popitem", "clear",
+            "add", "remove", "discard"}
 # Extension modules of what the web process must never load: anki's Rust bridge,
 # grpc's core, protobuf's C implementation (upb; google.cloud brings protobuf).
 HEAVY_LIBRARIES = ("anki/_rsbridge", "grpc/_cython/cygrpc", "google/_upb/_message")
@@ -158,6 +168,41 @@ def test_no_sys_modules_look_ups():
 def test_no_module_state_set_by_global():
     globals_ = found_in_project(lambda node: isinstance(node, ast.Global), GLOBAL_ALLOWED)
     assert not globals_, f"module-level state set by `global` (keep it on an object): {globals_}"
+
+
+def mutated_module_names(tree):
+    """{(name, line)} of module-level names that a function changes in place or sets
+    attributes or items of (a function's own local of the same name aside)."""
+    module_names = {target.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(target, ast.Name)}
+    found = set()
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        local = {node.id for node in ast.walk(function)
+                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+        local |= {arg.arg for arg in ast.walk(function.args) if isinstance(arg, ast.arg)}
+        for node in ast.walk(function):
+            if isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(
+                    node.ctx, (ast.Store, ast.Del)):
+                base = node.value
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr in MUTATORS):
+                base = node.func.value
+            else:
+                continue
+            if isinstance(base, ast.Name) and base.id in module_names - local:
+                found.add((base.id, node.lineno))
+    return found
+
+
+def test_no_module_level_state_changed_by_functions():
+    changed = sorted(f"{name}.py:{line} changes {variable}"
+                     for name, path in project_modules().items()
+                     for variable, line in mutated_module_names(ast.parse(path.read_text()))
+                     if (name, variable) not in MUTATED_ALLOWED)
+    assert not changed, "keep the state on the Worker or the app that owns it"
 
 
 def loaded_libraries(pid):
