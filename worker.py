@@ -156,8 +156,9 @@ class Worker:
         result = {"noteId": note_id, "cardIds": card_ids, "deck": self.settings.deck,
                   "audio": audio or None}
         if not audio:
-            result["warning"] = ("made without audio: no voice is set up (set ANKISYNC_GOOGLE_API_KEY"
-                                 " or run ./run.sh setup for Google's, or install espeak-ng)")
+            result["warning"] = ("made without audio: no voice is set up (set"
+                                 " ANKISYNC_GOOGLE_API_KEY or run ./run.sh setup for Google's,"
+                                 " or install espeak-ng)")
         jobs.mark_added(self.db, job_id, result)
         return result
 
@@ -226,7 +227,8 @@ class Worker:
         """
         try:
             self.sync()
-        except AnkisyncError as error:  # the sync after adding will say it; duplicates are undone then
+        except AnkisyncError as error:
+            # the sync after adding will say it; duplicates are undone then
             log.info("sync before adding failed: %s", error)
 
     def undouble(self, col):

@@ -33,7 +33,8 @@ def _refuse_url(url, why):
 
 
 def _public(ip):
-    """Whether an address is on the public internet (not this machine, the LAN, a cloud's metadata)."""
+    """Whether an address is on the public internet (not this machine, the LAN, a cloud's
+    metadata)."""
     if ip.version == 6:
         # an IPv4 address carried inside IPv6 is judged as itself
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo or (None, None))[1]

@@ -80,7 +80,8 @@ def attach_media(col, note, items):
 
 
 @action
-def storeMediaFile(context, filename, data=None, path=None, url=None, skipHash=None, deleteExisting=True):
+def storeMediaFile(context, filename, data=None, path=None, url=None, skipHash=None,
+                   deleteExisting=True):
     content = media_bytes(context.settings, data, path, url)
     with context.worker.lock:
         return store(context.collection(), filename, content, skipHash, deleteExisting)
