@@ -6,6 +6,9 @@ modules say of themselves.
 """
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,6 +206,19 @@ def test_no_module_level_state_changed_by_functions():
                      for variable, line in mutated_module_names(ast.parse(path.read_text()))
                      if (name, variable) not in MUTATED_ALLOWED)
     assert not changed, "keep the state on the Worker or the app that owns it"
+
+
+def test_importing_the_modules_and_making_a_worker_writes_nothing(tmp_path):
+    """The web process imports huey_tasks to enqueue: importing it (and the worker's
+    modules, and making a Worker) must not make the data dir or Huey's tables."""
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "ANKISYNC_DATA_DIR": str(data_dir)}
+    made = subprocess.run(
+        [sys.executable, "-c", "import ankiconnect, config, huey_tasks, worker;"
+         " print(type(worker.Worker(config.current())).__name__)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and made.stdout == "Worker\n", made.stderr
+    assert not data_dir.exists(), sorted(data_dir.rglob("*"))
 
 
 def loaded_libraries(pid):
