@@ -25,6 +25,7 @@ import cli
 import config
 import credentials
 import db
+import huey_tasks
 import jobs
 import notes
 import throttle
@@ -338,7 +339,6 @@ def add_cloze_note():
     if key is not None and len(key) > 200:
         raise ApiError(400, "Idempotency-Key is too long: at most 200 characters")
     check_card_limits(claims)
-    import huey_tasks  # TODO(s12code)
     try:
         job, created = jobs.create(db_path(), card, key, enqueue=huey_tasks.enqueue_in)
     except jobs.KeyReused as error:
@@ -437,7 +437,6 @@ def task_retry(job_id):
     job = find_job(job_id)
     if not jobs.reopen(db_path(), job_id):
         raise ApiError(409, f"task {job_id} is {job['status']}: only a failed task can be retried")
-    import huey_tasks  # TODO(s12code)
     huey_tasks.enqueue(job_id)
     bottle.response.status = 202
     return jobs.status_body(jobs.get(db_path(), job_id))

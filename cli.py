@@ -22,6 +22,7 @@ import auth
 import config
 import credentials
 import db
+import huey_tasks
 import jobs
 import tts
 from errors import AlreadyRunning, AnkisyncError, ConfigError, DamagedFile
@@ -115,7 +116,7 @@ def serve(args, app):
     current = settings()
     hold_lock(current, "api")
     init_storage(current)
-    import huey_tasks  # noqa: F401  (the queue's tables exist before the first request) TODO(s12code)
+    huey_tasks.init(current)  # the queue's tables exist before the first request
     host, port = current.listen
     for line in config.describe(current, voice(current)):
         log.info("%s", line)
@@ -172,22 +173,13 @@ def run_worker(args):
         " the next sync downloads your collection from the sync server, and cards added since"
         " the last sync are added again from the job table. Without a sync login, put back"
         " collection.anki2 from your backup instead (README: Backup and restore)"))
-    import huey_tasks  # TODO(s12code)
+    huey_tasks.init(current)
     for line in config.describe(current, voice(current)):
         log.info("%s", line)
     pid_path = config.worker_pid_path(current)
     pid_path.write_text(str(os.getpid()))
-    # One process worker: Huey enforces task timeouts only in process workers,
-    # and a single writer is what the Anki collection allows. SIGTERM lets the
-    # running job finish (bounded); SIGINT stops at once. Either way a job left
-    # unfinished is recovered at the next start.
-    consumer = huey_tasks.huey.create_consumer(
-        workers=1, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.15,
-        max_delay=0.1, check_worker_health=True, health_check_interval=1,
-        graceful_signal="TERM", shutdown_timeout=30)
-    log.info("worker running (one process worker, task timeout %gs)", current.task_timeout)
     try:
-        consumer.run()
+        huey_tasks.run_consumer(current)
     finally:
         pid_path.unlink(missing_ok=True)
 
@@ -201,9 +193,9 @@ def read_password():
 def do_login(username, password):
     """Log into the sync server, keep only the session key, sync what waits."""
     import ankiweb
-    import huey_tasks  # TODO(s12code)
     current = settings()
     init_storage(current)
+    huey_tasks.init(current)
     session = ankiweb.login(username, password, current.sync_endpoint)
     credentials.update(config.credentials_path(current), sync={
         "username": username, "hkey": session["hkey"], "endpoint": session["endpoint"],

@@ -19,6 +19,10 @@ from errors import DamagedFile
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+# Open connections, per thread: a cache of handles, never of data, keyed by pid
+# and path (a connection must not cross a fork). It stays module-level because
+# every caller (web app, tasks, Worker, CLI) names its file by path, and a
+# connection object threaded through every jobs/auth/db call would buy nothing.
 _local = threading.local()
 
 
@@ -118,6 +122,7 @@ class GroupCommit:
             item["done"].set()
 
 
+# Each process's GroupCommit per file: like _local, a cache keyed by pid and path.
 _groups = {}
 
 

@@ -48,3 +48,17 @@ class AlreadyRunning(AnkisyncError):
 
 class DamagedFile(AnkisyncError):
     """A file of the data dir cannot be read; the message names it and the fix."""
+
+
+class TaskTimedOut(PermanentError):
+    """The job ran past ANKISYNC_TASK_TIMEOUT before its note was added."""
+    kind = "TimeoutError"
+
+
+class SyncTimedOut(TransientError):
+    """The job ran past ANKISYNC_TASK_TIMEOUT after its note was added: sync again."""
+    kind = "TimeoutError"
+
+
+class WorkerTrouble(TransientError):
+    """An OS or database error escaped the job (a full disk, a locked collection)."""

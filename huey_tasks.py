@@ -1,8 +1,11 @@
 """The Huey queue and its tasks: the worker's half of ankisync.
 
-The web process imports this module to enqueue, so it must stay light: the
-heavy modules (`worker`, which brings anki and google.cloud) are imported
-inside the task bodies, which only ever run in the worker.
+The web process imports this module to enqueue, so it stays light and writes
+nothing when imported: `init(settings)` points the queue at the data dir and
+makes Huey's tables, at each process's start. The worker-only modules
+(`worker`, `ankiconnect`: they bring anki) are imported by the worker's
+start-up hook, which makes the process's one `worker.Worker` and hands it to
+the tasks and to the AnkiConnect server.
 
 Huey is the transport, not the record: each task carries a job id, and the
 job's fate is written to the job table. Huey's own results are not stored.
@@ -13,7 +16,6 @@ import functools
 import json
 import logging
 import sqlite3
-import sys
 import time
 
 from huey import SqliteHuey
@@ -26,13 +28,10 @@ import config
 import db
 import jobs
 import tts
-from errors import AnkisyncError, PermanentError, TransientError
+from errors import (AnkisyncError, PermanentError, SyncTimedOut, TaskTimedOut,
+                    TransientError, WorkerTrouble)
 
 log = logging.getLogger(__name__)
-
-settings = config.current()
-config.ensure_data_dir(settings)
-DB = config.db_path(settings)
 
 # Most jobs made in one task: their clips are spoken in parallel and their
 # notes go up in one sync. Small enough to finish well within the task timeout.
@@ -43,25 +42,6 @@ TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT); ret
 ADDED_TIMEOUT_MESSAGE = ("the job took longer than {:g} s (ANKISYNC_TASK_TIMEOUT) after its note"
                          " was added; its sync will be retried (raise the timeout if the sync"
                          " server is slow)")
-# A job still `started` this long after it was claimed is no longer running
-# (a timeout lands at the latest when a network call returns): the next batch
-# takes it again.
-STALE_AFTER = 2 * settings.task_timeout + 60
-_last_purge = float("-inf")
-
-
-class TaskTimedOut(PermanentError):
-    """The job ran past ANKISYNC_TASK_TIMEOUT before its note was added."""
-    kind = "TimeoutError"
-
-
-class SyncTimedOut(TransientError):
-    """The job ran past ANKISYNC_TASK_TIMEOUT after its note was added: sync again."""
-    kind = "TimeoutError"
-
-
-class WorkerTrouble(TransientError):
-    """An OS or database error escaped the job (a full disk, a locked collection)."""
 
 
 class JsonSerializer(Serializer):
@@ -92,23 +72,74 @@ class JsonSerializer(Serializer):
 class Storage(SqliteStorage):
     """Huey's queue, left alone while the disk under the data dir is full (db.DiskGuard)."""
 
+    disk = None  # the guard, given by init()
+
     def dequeue(self):
-        if disk.full():
+        if self.disk.full():
             return None
         try:
             return super().dequeue()
         except Exception as error:
             if not db.is_disk_full(error):
                 raise
-            disk.hit(error)
+            self.disk.hit(error)
 
     def read_schedule(self, ts):
-        return [] if db.disk_full(settings.data_dir) else super().read_schedule(ts)
+        return [] if db.disk_full(self.disk.path) else super().read_schedule(ts)
 
 
-disk = db.DiskGuard(settings.data_dir, on_room=lambda: recover())
-huey = SqliteHuey("ankisync", filename=str(DB), results=False, utc=True, timeout=10,
-                  serializer=JsonSerializer(), storage_class=Storage)
+class Queue(SqliteHuey):
+    """The queue app of a process: Huey, with what init() and the start-up hook give it.
+
+    settings: this process's, read once at its start (init). worker: the
+    worker process's one worker.Worker, made by the start-up hook. ankiconnect:
+    its AnkiConnect server, if it serves one. last_purge: when finished jobs
+    were last purged.
+    """
+
+    settings = worker = ankiconnect = None
+    last_purge = float("-inf")
+
+
+# The file is set by init(): importing this module touches no disk.
+huey = Queue("ankisync", filename=None, results=False, utc=True, timeout=10,
+             serializer=JsonSerializer(), storage_class=Storage, create_tables=False)
+
+
+def init(settings):
+    """Point the queue at the data dir's file and make its tables (each process, at start)."""
+    config.ensure_data_dir(settings)
+    huey.settings = settings
+    huey.storage.filename = str(config.db_path(settings))
+    huey.storage.disk = db.DiskGuard(settings.data_dir, on_room=recover)
+    for task in (make_card, sync_now):
+        task.task_class.default_timeout = settings.task_timeout
+    huey.storage.initialize_schema()
+
+
+def run_consumer(settings):
+    """Run the worker: one process worker, until a signal stops it."""
+    # One process worker: Huey enforces task timeouts only in process workers,
+    # and a single writer is what the Anki collection allows. SIGTERM lets the
+    # running job finish (bounded); SIGINT stops at once. Either way a job left
+    # unfinished is recovered at the next start.
+    consumer = huey.create_consumer(
+        workers=1, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.15,
+        max_delay=0.1, check_worker_health=True, health_check_interval=1,
+        graceful_signal="TERM", shutdown_timeout=30)
+    log.info("worker running (one process worker, task timeout %gs)", settings.task_timeout)
+    consumer.run()
+
+
+def _db():
+    return config.db_path(huey.settings)
+
+
+def _stale_after():
+    # A job still `started` this long after it was claimed is no longer running
+    # (a timeout lands at the latest when a network call returns): the next batch
+    # takes it again.
+    return 2 * huey.settings.task_timeout + 60
 
 
 def unless_disk_full(task):
@@ -120,34 +151,34 @@ def unless_disk_full(task):
         except Exception as error:
             if not db.is_disk_full(error):
                 raise
-            disk.hit(error)
+            huey.storage.disk.hit(error)
     return run
 
 
 def retry_delay(attempts):
     """Exponential backoff: the first delay, doubled per attempt, capped."""
+    settings = huey.settings
     return min(settings.retry_delay * 2 ** (attempts - 1), settings.retry_max_delay)
 
 
-@huey.task(timeout=settings.task_timeout, context=True)
+@huey.task(context=True)  # its timeout is set by init()
 @unless_disk_full
 def make_card(job_id, task=None):
     """Make the job's card, and those of other waiting jobs with it."""
-    batch = started(jobs.claim(DB, job_id, BATCH, STALE_AFTER))
+    batch = started(jobs.claim(_db(), job_id, BATCH, _stale_after()))
     if not batch:
         log.debug("job %s: nothing to do (cancelled, finished or not due)", job_id)
         return
 
     def claim_more():
         """Jobs that came meanwhile join the batch (and its one sync)."""
-        more = (started(jobs.claim(DB, None, BATCH - len(batch), STALE_AFTER))
+        more = (started(jobs.claim(_db(), None, BATCH - len(batch), _stale_after()))
                 if len(batch) < BATCH else [])
         batch.extend(more)
         return more
 
     try:
-        import worker
-        outcomes = worker.make_cards(settings, batch, claim_more)
+        outcomes = huey.worker.make_cards(batch, claim_more)
     except Exception as error:  # every claimed job still gets an outcome
         outcomes = dict.fromkeys((job["id"] for job in batch), error)
     # The alarm may land inside anki's code, which turns it into another error
@@ -156,28 +187,28 @@ def make_card(job_id, task=None):
     cut = {job_id for job_id, error in outcomes.items() if error is not None and (
         caused_by(error, TaskTimeout) or late and not isinstance(error, AnkisyncError))}
     if cut:
-        log.warning("%s jobs timed out after %ss (%s)", len(cut), settings.task_timeout,
+        log.warning("%s jobs timed out after %ss (%s)", len(cut), huey.settings.task_timeout,
                     ", ".join(sorted({type(outcomes[job_id]).__name__ for job_id in cut})))
-        if "worker" in sys.modules:
-            sys.modules["worker"].drop_collection()
+        huey.worker.drop_collection()
         outcomes.update({job["id"]: timed_out(job) for job in batch if job["id"] in cut})
     for job in batch:
         try:
             settle(job, outcomes[job["id"]])
         except Exception as error:  # the job stays started till its deadline, then runs again
             if db.is_disk_full(error):  # one log line for the pause, none per job
-                disk.hit(error)
+                huey.storage.disk.hit(error)
                 continue
             log.exception("job %s: could not record its outcome; it runs again later", job["id"])
-    if time.monotonic() - _last_purge > PURGE_EVERY:
+    if time.monotonic() - huey.last_purge > PURGE_EVERY:
         purge_finished()
 
 
 def timed_out(job):
     """The truth about a job its task's timeout cut short: synced, added, or not."""
-    if (jobs.get(DB, job["id"]) or {}).get("added_at") is not None:
-        return SyncTimedOut(ADDED_TIMEOUT_MESSAGE.format(settings.task_timeout))
-    return TaskTimedOut(TIMEOUT_MESSAGE.format(settings.task_timeout))
+    timeout = huey.settings.task_timeout
+    if (jobs.get(_db(), job["id"]) or {}).get("added_at") is not None:
+        return SyncTimedOut(ADDED_TIMEOUT_MESSAGE.format(timeout))
+    return TaskTimedOut(TIMEOUT_MESSAGE.format(timeout))
 
 
 def caused_by(error, kind):
@@ -216,9 +247,8 @@ def started(claimed):
 
 def purge_finished():
     """Forget finished jobs older than ANKISYNC_RESULT_TTL (at start, then at most hourly)."""
-    global _last_purge
-    _last_purge = time.monotonic()
-    count = jobs.purge(DB, settings.result_ttl)
+    huey.last_purge = time.monotonic()
+    count = jobs.purge(_db(), huey.settings.result_ttl)
     if count:
         log.info("purged %s finished jobs", count)
 
@@ -226,73 +256,85 @@ def purge_finished():
 def settle(job, error):
     """The one place a run's outcome becomes the job's status: done, retry, or failed."""
     job_id, attempts = job["id"], job["attempts"]  # attempts counts this run
+    path = _db()
     if db.is_disk_full(error):  # not the job's fault: unless_disk_full takes it from here
         raise error
     error = expected(error)
-    if error is not None and (jobs.get(DB, job_id) or {}).get("synced_at"):
+    if error is not None and (jobs.get(path, job_id) or {}).get("synced_at"):
         error = None  # the note reached the sync server before the error: a success
     kind = getattr(error, "kind", type(error).__name__)
     if error is None:
-        jobs.mark_success(DB, job_id)
+        jobs.mark_success(path, job_id)
         log.info("job %s: done, %.2fs after it was accepted", job_id,
                  time.time() - job["created_at"])
-    elif isinstance(error, TransientError) and attempts < settings.max_attempts:
+    elif isinstance(error, TransientError) and attempts < huey.settings.max_attempts:
         delay = retry_delay(attempts)
         log.info("job %s: attempt %s failed, retrying in %gs: %s", job_id, attempts, delay, error)
-        jobs.mark_retrying(DB, job_id, kind, str(error), delay)
+        jobs.mark_retrying(path, job_id, kind, str(error), delay)
         make_card.schedule((job_id,), delay=delay, id=job_id)
     elif isinstance(error, TransientError):
         log.warning("job %s: giving up after %s attempts: %s", job_id, attempts, error)
-        jobs.mark_failure(DB, job_id, kind,
+        jobs.mark_failure(path, job_id, kind,
                           f"{error} (gave up after {attempts} attempts)")
     elif isinstance(error, PermanentError):
         log.warning("job %s: failed: %s", job_id, error)
-        jobs.mark_failure(DB, job_id, kind, str(error))
+        jobs.mark_failure(path, job_id, kind, str(error))
     else:
         log.error("job %s: unexpected error", job_id, exc_info=error)
-        jobs.mark_failure(DB, job_id, "InternalError",
+        jobs.mark_failure(path, job_id, "InternalError",
                           "the worker hit an unexpected error; its log has the details")
 
 
-@huey.task(timeout=settings.task_timeout)
+@huey.task()  # its timeout is set by init()
 @unless_disk_full
 def sync_now():
     """Sync the collection now (after a login: cards added before it go up)."""
-    import worker
     try:
-        worker.sync(settings)
+        huey.worker.sync()
     except AnkisyncError as error:
         log.warning("sync failed: %s", error)
     except Exception as error:
         if not caused_by(error, TaskTimeout):
             raise
-        log.warning("sync timed out after %ss", settings.task_timeout)
-        worker.drop_collection()
+        log.warning("sync timed out after %ss", huey.settings.task_timeout)
+        huey.worker.drop_collection()
 
 
 @huey.on_startup()
-def recover_at_start():
-    """A new worker (first start, or replacing one that died) first recovers lost jobs."""
+def start_worker():
+    """A new worker process makes its Worker, recovers lost jobs, serves AnkiConnect.
+
+    Run in each worker process Huey starts (first start, or replacing one
+    that died), after init() in the process that forked it.
+    """
+    import ankiconnect  # worker-only, as worker: they bring anki
+    import worker
+    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd})
     recover()
     purge_finished()
-
-
-@huey.on_startup()
-def start_ankiconnect():
-    """Serve AnkiConnect from the worker process: the one that owns the collection."""
-    if settings.ankiconnect_listen:
-        import ankiconnect
-        ankiconnect.start(settings)
+    if huey.settings.ankiconnect_listen:
+        # Served from the worker process: the one that owns the collection.
+        huey.ankiconnect = ankiconnect.start(huey.worker, queue_sync)
 
 
 @huey.on_shutdown()
 def close_collection():
-    """A worker stopping cleanly closes the collection it holds."""
-    if "ankiconnect" in sys.modules:
-        sys.modules["ankiconnect"].stop()
-    worker = sys.modules.get("worker")
-    if worker is not None:
-        worker.close()
+    """A worker stopping cleanly stops AnkiConnect, then closes the collection it holds."""
+    if huey.ankiconnect is not None:
+        huey.ankiconnect.stop()
+        huey.ankiconnect = None
+    if huey.worker is not None:
+        huey.worker.close()
+
+
+def queue_sync():
+    """Queue one sync unless one is already waiting to run (AnkiConnect's adds).
+
+    A queued sync that has not started yet will carry the new note too: it
+    takes the collection lock, which the add held. So many adds make one sync.
+    """
+    if not any(task.name == sync_now.name for task in huey.pending()):
+        sync_now()
 
 
 def enqueue(job_id):
@@ -318,14 +360,15 @@ def recover():
     No periodic task does this: an idle service must not write to its SD card.
     Clips a killed worker left half-written are removed first.
     """
+    settings, path = huey.settings, _db()
     left = tts.clean_temporaries(config.media_dir(settings), tts.temp_dir(settings.data_dir))
     if left:
         log.info("removed %s clips left half-written", left)
     # None runs yet in this new worker: a started job was lost, and waits like a new one
     # (so that it joins a batch rather than syncing alone)
-    jobs.requeue_started(DB)
+    jobs.requeue_started(path)
     held = {task.id for task in huey.pending()} | {task.id for task in huey.scheduled()}
-    lost = [job_id for job_id in jobs.unfinished(DB) if job_id not in held]
+    lost = [job_id for job_id in jobs.unfinished(path) if job_id not in held]
     for job_id in lost:
         enqueue(job_id)
     if lost:

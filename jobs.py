@@ -168,8 +168,11 @@ def claim(path, job_id, limit, stale_after):
         if job_id is not None:
             if not conn.execute(start + "(status IN ('pending', 'started')"
                                 " OR status = 'retrying' AND retry_at <= :due)",
-                                {**marks, "id": job_id, "due": now + 0.5}).rowcount:
-                return []  # (0.5 s: Huey's clock may lead ours)
+                                {**marks, "id": job_id, "due": now + 0.05}).rowcount:
+                # Its own retry task comes at retry_at or after (Huey's clock is ours; 0.05 s
+                # for rounding); a task of an earlier attempt of the batch, still scheduled,
+                # comes earlier and must not start it before its backoff is over.
+                return []
             ids.append(job_id)
         others = conn.execute(f"SELECT id FROM ankisync_jobs WHERE {WAITING}"
                               " ORDER BY created_at LIMIT :limit",

@@ -37,10 +37,6 @@ _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 _LANGUAGE = re.compile(r"^([a-z]{2,3}-[A-Za-z0-9]{2,4})-")
 
-# One client per (api_key, endpoint): the worker is long-lived, and a kept client
-# keeps its HTTPS connection, sparing a TLS handshake per clip. Two threads racing
-# to build one only waste a client.
-_clients = {}
 
 
 TEMP_PREFIX = ".ankisync-"  # clips being written: "<TEMP_PREFIX>*.tmp"
@@ -103,11 +99,12 @@ def clip_name(text: str, voice: str, provider: str = "google") -> str:
 
 def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str | None,
                 endpoint: str | None, timeout: float, provider: str = "google",
-                temp_dir: pathlib.Path | None = None) -> str:
+                temp_dir: pathlib.Path | None = None, clients: dict | None = None) -> str:
     """Return the name of the clip for text in media_dir, synthesizing it if missing.
 
     The clip is written in temp_dir first (default: media_dir's parent), never
-    in the media folder, whose every file goes to the sync server.
+    in the media folder, whose every file goes to the sync server. clients: the
+    caller's cache of Google clients (see synthesize).
     """
     name = clip_name(text, voice, provider)
     path = media_dir / name
@@ -123,7 +120,7 @@ def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str 
         audio = synthesize_espeak(words, voice=voice, timeout=timeout)
     else:
         audio = synthesize(words, voice=voice, api_key=api_key, endpoint=endpoint,
-                           timeout=timeout)
+                           timeout=timeout, clients=clients)
     media_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, audio, temp_dir or media_dir.parent)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
@@ -181,13 +178,18 @@ def language_code(voice: str) -> str:
 
 
 def synthesize(text: str, *, voice: str, api_key: str | None, endpoint: str | None,
-               timeout: float) -> bytes:
-    """MP3 audio of text spoken by voice; raises TTSRefused or TTSUnavailable."""
+               timeout: float, clients: dict | None = None) -> bytes:
+    """MP3 audio of text spoken by voice; raises TTSRefused or TTSUnavailable.
+
+    clients: where to keep one client per (api_key, endpoint) (the Worker's): a
+    kept client keeps its HTTPS connection, sparing a TLS handshake per clip.
+    Without it, a client is made for this call.
+    """
     from google.cloud import texttospeech
 
     language = language_code(voice)
     try:
-        response = _client(api_key, endpoint).synthesize_speech(
+        response = _client(api_key, endpoint, clients).synthesize_speech(
             input=texttospeech.SynthesisInput(text=text),
             voice=texttospeech.VoiceSelectionParams(language_code=language, name=voice),
             audio_config=texttospeech.AudioConfig(
@@ -219,11 +221,16 @@ def is_mp3(data: bytes) -> bool:
                                        and data[1] & 0xE0 == 0xE0)
 
 
-def _client(api_key, endpoint):
-    """The cached client for these settings, built on first use."""
-    client = _clients.get((api_key, endpoint))
+def _client(api_key, endpoint, clients):
+    """The client for these settings, kept in clients; built on first use.
+
+    Two threads racing to build one only waste a client.
+    """
+    if clients is None:
+        return _make_client(api_key, endpoint)
+    client = clients.get((api_key, endpoint))
     if client is None:
-        client = _clients[(api_key, endpoint)] = _make_client(api_key, endpoint)
+        client = clients[(api_key, endpoint)] = _make_client(api_key, endpoint)
     return client
 
 
