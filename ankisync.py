@@ -28,6 +28,7 @@ import db
 import huey_tasks
 import jobs
 import notes
+import openapi
 import throttle
 from cli import MAX_BODY
 from health import service_status
@@ -461,7 +462,6 @@ def task_cancel(job_id):
 @app.get("/api/v1/openapi.json")
 def openapi_document():
     """The OpenAPI 3 description of this API (openapi.py), no auth needed."""
-    import openapi
     return openapi.document(CARD_FIELDS, MAX_BODY)
 
 

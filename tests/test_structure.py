@@ -18,12 +18,8 @@ LAZY_ALLOWED = {
     ("huey_tasks", "worker"): "worker-only (brings anki): the web process imports huey_tasks"
                               " to enqueue, so the worker's start-up hook imports it",
     ("huey_tasks", "ankiconnect"): "worker-only (brings anki), as worker",
-    ("ankisync", "ankiweb"): "worker-only (brings anki): only `login` needs it, in the CLI",
-    ("ankisync", "waitress"): "the web server, only for `serve`: the CLI commands start without it",
-    ("ankisync", "tempfile"): "only `setup` uses it",
-    ("ankisync", "openapi"): "ankisync.py's commands move to cli.py in the same step (another"
-                             " developer's half of issue 12); this becomes a top-level import"
-                             " there",
+    ("cli", "ankiweb"): "worker-only (brings anki): only `login` needs it",
+    ("cli", "waitress"): "the web server, only for `serve`: the other commands start without it",
     ("tts", "requests"): "comes with the Google client, needed only where it is used",
 }
 # sys.modules touched on purpose (never to look a module up), with the reason.
