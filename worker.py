@@ -169,7 +169,18 @@ class Worker:
         they are spoken too and join the batch. One job's failure is its own: the
         others still get their notes, and all notes added go up in one sync.
         """
-        path = self.db
+        cards, outcome = self._speak_batch(batch, claim_more)
+        spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
+        jobs.set_step(self.db, spoken, "adding")
+        if spoken and not self.pulled:
+            self.pull()
+        added = self._add_batch(spoken, cards, outcome)
+        if added:
+            self._sync_batch(added, outcome)
+        return outcome
+
+    def _speak_batch(self, batch, claim_more):
+        """The batch's cards and their clips (or errors), with the jobs that joined meanwhile."""
         cards, outcome, more = {}, {}, batch
         while more:
             started = time.monotonic()
@@ -187,10 +198,10 @@ class Worker:
                     log.info("job %s: %s in %.2fs", job_id,
                              "spoken" if outcome[job_id] else "no voice, no audio", took)
             more = claim_more()
-        spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
-        jobs.set_step(path, spoken, "adding")
-        if spoken and not self.pulled:
-            self.pull()
+        return cards, outcome
+
+    def _add_batch(self, spoken, cards, outcome):
+        """Add the spoken jobs' notes; the ids of those added (outcome None), others' errors."""
         added = []
         with self.lock:
             col = self.collection()
@@ -205,18 +216,21 @@ class Worker:
                 outcome[job_id] = None
                 added.append(job_id)
                 log.info("job %s: note %s added", job_id, result["noteId"])
-        if added:
-            jobs.set_step(path, added, "syncing")
-            try:
-                synced = self.sync()
-                for job_id in added:
-                    log.info("job %s: %s", job_id, "synced" if synced else
-                             "not synced: no sync login yet (./run.sh login USER)")
-            except TaskTimeout:
-                raise
-            except Exception as error:
-                outcome.update(dict.fromkeys(added, error))
-        return outcome
+        return added
+
+    def _sync_batch(self, added, outcome):
+        """One sync for every note added; its error becomes each of those jobs' outcome."""
+        jobs.set_step(self.db, added, "syncing")
+        try:
+            synced = self.sync()
+        except TaskTimeout:
+            raise
+        except Exception as error:
+            outcome.update(dict.fromkeys(added, error))
+            return
+        for job_id in added:
+            log.info("job %s: %s", job_id, "synced" if synced else
+                     "not synced: no sync login yet (./run.sh login USER)")
 
     def pull(self):
         """The first batch of a worker syncs before adding (one sync per worker start).
