@@ -7,8 +7,11 @@ choose the loopback address a request comes from.
 
 import http.client
 import json
+import os
+import signal
+import subprocess
 
-from service import CARD, wait_until  # noqa: F401 (re-exported: the one poller)
+from service import CARD, ROOT, wait_until  # noqa: F401 (re-exported: the one poller)
 
 
 def card(n, word=None):
@@ -52,3 +55,23 @@ def request_waiting_at(port):
             if fields[1] == local and fields[3] == "01" and rx_queue > 0:
                 return True
     return False
+
+
+def run_sh_stops(env, *args, within=60):
+    """`./run.sh ARGS` that must stop by itself (a refusal): (exit status, stderr).
+
+    `within` bounds the wait, so a start that runs on regardless fails the test.
+    """
+    process = subprocess.Popen([str(ROOT / "run.sh"), *args], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=within)
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"`./run.sh {' '.join(args)}` did not stop: it runs") from error
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return process.returncode, stderr

@@ -2,18 +2,15 @@
 
 import os
 import shutil
-import signal
-import subprocess
 
 import pytest
 
-from service import ROOT, Service
+from service import Service
 from test_e2e import synced_notes
-from helpers import card
+from helpers import card, run_sh_stops
 
 pytestmark = pytest.mark.slow  # a damaged file and a restart per test
 
-STOPS_WITHIN = 60  # seconds: a bound, so a start that runs on regardless fails the test
 
 
 @pytest.fixture
@@ -30,19 +27,7 @@ def used_dir(make_service, account, tmp_path):
 
 def start(service, *args):
     """`./run.sh ARGS` on the service's data dir: (exit status, stderr)."""
-    process = subprocess.Popen([str(ROOT / "run.sh"), *args], cwd=ROOT, env=service.env,
-                               text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=STOPS_WITHIN)
-    except subprocess.TimeoutExpired as error:
-        raise AssertionError("it started on a damaged file") from error
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return process.returncode, stderr
+    return run_sh_stops(service.env, *args)
 
 
 def copy_of(service, tmp_path, name):

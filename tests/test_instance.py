@@ -1,35 +1,18 @@
 """One ankisync per data dir: a second start is refused at once and touches nothing."""
 
-import os
 import re
-import signal
-import subprocess
 import threading
 
 from anki_server import free_port
-from service import ROOT
-from helpers import card
+from helpers import card, run_sh_stops
 from test_faults import assert_exactly_once
 
-REFUSED_WITHIN = 60  # seconds: a bound on the refusal, so a second instance that runs fails
 
 
 def run(service, *args, port=None):
     """`./run.sh ARGS` on service's data dir, on another port; (exit status, stderr)."""
     env = dict(service.env, ANKISYNC_LISTEN=f"127.0.0.1:{port or free_port()}")
-    process = subprocess.Popen([str(ROOT / "run.sh"), *args], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=REFUSED_WITHIN)
-    except subprocess.TimeoutExpired as error:
-        raise AssertionError(f"`./run.sh {' '.join(args)}` was not refused: it runs") from error
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return process.returncode, stderr
+    return run_sh_stops(env, *args)
 
 
 def assert_names_the_first(service, stderr):
