@@ -244,12 +244,17 @@ def test_sigterm_lets_the_running_job_finish(make_service, fake_tts):
 
 def test_queue_holds_no_pickles(make_service, fake_tts):
     import sqlite3
-    service = make_service(ANKISYNC_RETRY_DELAY=2)
-    fake_tts.fail_next(1, 503)  # the job waits in Huey's schedule for its retry
+    # the job waits 3 s in Huey's schedule for its retry: time to read the queue
+    service = make_service(ANKISYNC_RETRY_DELAY=3, ANKISYNC_RETRY_MAX_DELAY=3)
+    fake_tts.fail_next(1, 503)
     task_id = service.post_card()[1]["taskId"]
     service.wait(task_id, until=("retrying",))
     conn = sqlite3.connect(service.data_dir / "ankisync.db")
-    rows = conn.execute("SELECT data FROM schedule UNION ALL SELECT data FROM task").fetchall()
+
+    def queued():  # the retry is scheduled just after the job is marked retrying
+        return conn.execute("SELECT data FROM schedule UNION ALL SELECT data FROM task").fetchall()
+    wait_until(queued, "the retry in Huey's queue")
+    rows = queued()
     assert rows and all(json.loads(data)["args"] == [task_id] for (data,) in rows)
     assert service.wait(task_id)[0]["status"] == "success"
 
