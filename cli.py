@@ -90,11 +90,16 @@ def check_files(current):
 
 def init_storage(current):
     config.ensure_data_dir(current)
-    check_files(current)
-    path = config.db_path(current)
-    jobs.init(path)
-    auth.init(path)
-    credentials.ensure_signing_secret(config.credentials_path(current))
+    # One process at a time: run.sh starts the API and the worker together, and
+    # a new ankisync.db is an empty file until its first write, which the other's
+    # check would take for a damaged one. Released when the file closes.
+    with open(config.lock_path(current, "init"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        check_files(current)
+        path = config.db_path(current)
+        jobs.init(path)
+        auth.init(path)
+        credentials.ensure_signing_secret(config.credentials_path(current))
 
 
 def voice(current):

@@ -228,7 +228,9 @@ def read_env_file(path):
             continue
         name, sep, value = line.partition("=")
         if not sep:
-            raise ConfigError(f"{path}, line {number}: expected NAME=value, got {line!r}")
+            # the line itself is not shown: it may be a key pasted without its name
+            raise ConfigError(f"{path}, line {number}: expected NAME=value (a line with no"
+                              f" '=', {len(line)} characters long)")
         values[name.strip()] = value.strip().strip("'\"")
     return values
 
@@ -330,7 +332,8 @@ def worker_pid_path(settings):
 
 
 def lock_path(settings, role):
-    """Held by the running API ("api") or worker ("worker"): one of each per data dir."""
+    """Held by the running API ("api") or worker ("worker"): one of each per data dir;
+    "init" is held by any process while it checks and creates the data dir's files."""
     return settings.data_dir / f"{role}.lock"
 
 

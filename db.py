@@ -46,11 +46,14 @@ def connect(path):
 def write(path):
     """A short write transaction that takes the write lock first."""
     conn = connect(path)
-    conn.execute("BEGIN IMMEDIATE")
     try:
+        # inside the try: a task timeout (an alarm) may land as BEGIN returns, and
+        # a transaction left open would hold the file's write lock for good
+        conn.execute("BEGIN IMMEDIATE")
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     try:
         conn.execute("COMMIT")

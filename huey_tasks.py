@@ -167,8 +167,12 @@ def make_card(job_id, task=None):
     """Make the job's card, and those of other waiting jobs with it."""
     batch = started(jobs.claim(_db(), job_id, BATCH, _stale_after()))
     if not batch:
-        log.debug("job %s: nothing to do (cancelled, finished or not due)", job_id)
+        wait_for_retry(job_id)
         return
+    # If this run is lost (the worker dies, or a write fails), nothing else would
+    # take its jobs before the next card or start: a guard run at their deadline
+    # does (it finds them finished, and does nothing, in the usual case).
+    make_card.schedule((job_id,), delay=_stale_after(), id=f"guard-{job_id}")
 
     def claim_more():
         """Jobs that came meanwhile join the batch (and its one sync)."""
@@ -201,6 +205,18 @@ def make_card(job_id, task=None):
             log.exception("job %s: could not record its outcome; it runs again later", job["id"])
     if time.monotonic() - huey.last_purge > PURGE_EVERY:
         purge_finished()
+
+
+def wait_for_retry(job_id):
+    """A task that came early for a retrying job (a recovery, a guard) waits for its time,
+    unless Huey already holds the job's retry: the job's retry is never lost."""
+    job = jobs.get(_db(), job_id)
+    if job is None or job["status"] != "retrying" or not job["retry_at"]:
+        log.debug("job %s: nothing to do (cancelled, finished or running)", job_id)
+        return
+    if any(task.id == job_id for task in huey.scheduled()):
+        return
+    make_card.schedule((job_id,), delay=max(0.0, job["retry_at"] - time.time()), id=job_id)
 
 
 def timed_out(job):

@@ -99,6 +99,9 @@ def _get(settings, url, deadline):
         raise ActionError(f"{url} is not an http:// or https:// URL")
     address, port = _target(settings, url, parts)
     left = deadline - time.monotonic()
+    if left <= 0:  # the name took the time left (a slow resolver on a redirect's host)
+        raise ActionError(f"{url} download failed: it took longer than"
+                          f" {settings.ankiconnect_url_timeout:g} s")
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname, port, timeout=max(0.1, min(DOWNLOAD_TIMEOUT, left)))
     guard, live = threading.Lock(), []
@@ -129,6 +132,8 @@ def _get(settings, url, deadline):
         data = bytearray()
         if not (declared.isdigit() and int(declared) > MAX_DOWNLOAD):
             while len(data) <= MAX_DOWNLOAD:
+                if time.monotonic() >= deadline:  # a drip that beats each read's timeout
+                    raise TimeoutError
                 chunk = answer.read1(64 * 1024)
                 if not chunk:
                     break
@@ -177,6 +182,9 @@ def _readable(settings, real):
     if any(_inside(real, never) for never in NEVER_READ):
         return False
     if _inside(real, os.path.realpath(settings.data_dir)):
+        return False
+    secret = settings.google_application_credentials  # our key file, wherever it lives
+    if secret and real == os.path.realpath(secret):
         return False
     return any(_inside(real, os.path.realpath(folder)) for folder in settings.ankiconnect_paths)
 

@@ -38,8 +38,12 @@ def _diag_uid(family, client, server):
         if code == errno.ENOENT:
             return None
         raise OSError(code, os.strerror(code))
-    # struct inet_diag_msg: 4 bytes, the 48-byte sockid, expires, rqueue, wqueue, uid
-    return struct.unpack_from("=I", answer, 16 + 64)[0]
+    # struct inet_diag_msg: 4 bytes, the 48-byte sockid, expires, rqueue, wqueue, uid, inode
+    uid, inode = struct.unpack_from("=II", answer, 16 + 64)
+    # A socket no process holds any more (closed: TIME_WAIT, an orphan) has no
+    # inode, and the kernel says uid 0 for it: a client that sent its request and
+    # closed at once would pass for root. Unknown, then.
+    return uid if inode else None
 
 
 def _proc_net(family, address):
@@ -66,7 +70,7 @@ def _proc_uid(family, client, server):
             for row in rows:
                 fields = row.split()
                 if fields[1:3] == [local, remote]:
-                    return int(fields[7])
+                    return int(fields[7]) if fields[9] != "0" else None  # as above: closed
     return None
 
 
