@@ -5,11 +5,10 @@ import sqlite3
 
 import pytest
 
-from anki_server import download_collection
+from anki_server import download_collection, free_port
 from helpers import wait_for_log, wait_until
 from test_ankiconnect import (ac, keyed, basic, Client, start_with_ankiconnect,  # noqa: F401
                               wait_for_port)  # ac and keyed are the fixtures
-from anki_server import free_port
 
 NO_CARD = 1  # an id no card has
 
@@ -62,6 +61,8 @@ def test_suspended(ac):
     assert ac("suspended", card=card_id) is False
     assert ac("suspend", cards=[card_id]) is True
     assert ac("suspended", card=card_id) is True
+    [info] = ac("cardsInfo", cards=[card_id])  # a suspended card still has its next reviews
+    assert info["queue"] == -1 and len(info["nextReviews"]) == 4
     assert ac.error("suspended", card=NO_CARD) == f"Card was not found: {NO_CARD}"
     assert ac.error("suspended") == "suspended: missing parameter: card"
 
