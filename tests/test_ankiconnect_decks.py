@@ -3,6 +3,9 @@
 from anki_server import download_collection, notes_in, seed_other_device
 from test_ankiconnect import Client, ac, basic, keyed, start_with_ankiconnect  # noqa: F401 (fixtures)
 
+NO_CARDS_KEPT = "Since Anki 2.1.28 it's not possible to delete decks without deleting cards as well"
+
+
 def cards_of(ac, note_id):
     return ac("notesInfo", notes=[note_id])[0]["cards"]
 
@@ -25,6 +28,63 @@ def test_get_decks_change_deck_and_delete_notes(ac):
     assert ac.error("deleteNotes") == "deleteNotes: missing parameter: notes"
     assert ac.error("changeDeck", cards=[one]) == "changeDeck: missing parameter: deck"
     assert ac.error("getDecks") == "getDecks: missing parameter: cards"
+
+
+def test_delete_decks_only_with_their_cards(ac):
+    for deck in ("Doomed", "Kept"):
+        ac("createDeck", deck=deck)
+    ac("addNote", note=basic("doomed", deck="Doomed"))
+    note = ac("addNote", note=basic("kept elsewhere", deck="Kept"))
+    for extra in ({}, {"cardsToo": False}):
+        assert ac.error("deleteDecks", decks=["Doomed"], **extra) == NO_CARDS_KEPT
+    assert "Doomed" in ac("deckNames")
+
+    assert ac("deleteDecks", decks=["Doomed", "No such deck"], cardsToo=True) is None
+    names = ac("deckNames")
+    assert "Doomed" not in names and "Kept" in names and "No such deck" not in names
+    assert ac("findNotes", query="doomed") == []
+    assert ac("findNotes", query='"kept elsewhere"') == [note]
+
+
+def test_deck_config_get_save_set_clone_remove(ac):
+    config = ac("getDeckConfig", deck="Default")
+    assert config["name"] == "Default" and config["id"] == 1 and "new" in config
+    assert ac("getDeckConfig", deck="No such deck") is False
+
+    config["new"]["perDay"] = 37
+    assert ac("saveDeckConfig", config=config) is True
+    assert ac("getDeckConfig", deck="Default")["new"]["perDay"] == 37
+    assert ac("saveDeckConfig", config={**config, "id": 987654321}) is False
+
+    clone = ac("cloneDeckConfigId", name="Cloned", cloneFrom=1)
+    assert isinstance(clone, int) and clone != 1
+    assert ac("cloneDeckConfigId", name="From nothing", cloneFrom=987654321) is False
+    ac("createDeck", deck="Configured")
+    assert ac("setDeckConfigId", decks=["Configured"], configId=clone) is True
+    configured = ac("getDeckConfig", deck="Configured")
+    assert (configured["id"], configured["name"]) == (clone, "Cloned")
+    assert configured["new"]["perDay"] == 37  # cloned from the one saved above
+    assert ac("setDeckConfigId", decks=["Configured", "No such deck"], configId=1) is False
+    assert ac("getDeckConfig", deck="Configured")["id"] == clone  # nothing changed
+
+    assert ac("removeDeckConfigId", configId=clone) is True
+    assert ac("removeDeckConfigId", configId=clone) is False
+    assert ac("getDeckConfig", deck="Configured")["id"] == 1  # its decks fall back on Default
+    assert ac.error("saveDeckConfig") == "saveDeckConfig: missing parameter: config"
+    assert ac.error("setDeckConfigId", decks=["Default"]) == (
+        "setDeckConfigId: missing parameter: configId")
+
+
+def test_deck_stats(ac):
+    ac("createDeck", deck="Stats")
+    for front in ("stats one", "stats two"):
+        ac("addNote", note=basic(front, deck="Stats"))
+    deck_id = ac("deckNamesAndIds")["Stats"]
+    stats = ac("getDeckStats", decks=["Stats", "Never made"])
+    assert stats == {str(deck_id): {"deck_id": deck_id, "name": "Stats", "new_count": 2,
+                                    "learn_count": 0, "review_count": 0, "total_in_deck": 2}}
+    assert "Never made" not in ac("deckNames")
+    assert ac.error("getDeckStats") == "getDeckStats: missing parameter: decks"
 
 
 def _fronts(tmp_path, sync_server, account, name="fresh"):
