@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS ankisync_jobs (
                                      -- one that is still started then was lost
     idempotency_key TEXT,            -- the client's Idempotency-Key header
     request_hash TEXT,               -- what that key was first sent with
-    voice TEXT                       -- JSON [provider, voice] its clips were first spoken in
+    voice TEXT,                      -- JSON [provider, voice] its clips were first spoken in
+    deleted_at REAL                  -- when an AnkiConnect client deleted its note: never re-added
 );
 CREATE INDEX IF NOT EXISTS ankisync_jobs_status ON ankisync_jobs (status, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS ankisync_jobs_idempotency
@@ -44,7 +45,7 @@ STATUSES = UNFINISHED + ("success", "failure")
 STEPS = {"queued": 0, "speaking": 1, "adding": 2, "syncing": 3, "done": 3}
 
 
-ADDED_COLUMNS = {"voice": "TEXT"}  # columns newer than some users' job tables
+ADDED_COLUMNS = {"voice": "TEXT", "deleted_at": "REAL"}  # columns newer than some users' job tables
 
 
 def init(path):
@@ -298,8 +299,16 @@ def unfinished(path):
 def added(path):
     """Jobs whose note went into the collection, for re-applying after a download."""
     rows = db.connect(path).execute(
-        "SELECT * FROM ankisync_jobs WHERE added_at IS NOT NULL ORDER BY added_at")
+        "SELECT * FROM ankisync_jobs WHERE added_at IS NOT NULL AND deleted_at IS NULL"
+        " ORDER BY added_at")
     return [dict(row) for row in rows]
+
+
+def mark_deleted(path, job_ids):
+    """Record that these jobs' notes were deleted on purpose: a full download must not re-add them."""
+    with db.write(path) as conn:
+        conn.executemany("UPDATE ankisync_jobs SET deleted_at = ? WHERE id = ?",
+                         [(time.time(), job_id) for job_id in job_ids])
 
 
 def counts(path, since=0):

@@ -312,3 +312,16 @@ def addTags(context, notes, tags, add=True):
 @action
 def removeTags(context, notes, tags):
     return addTags(context, notes=notes, tags=tags, add=False)
+
+
+@action
+def deleteNotes(context, notes):
+    """Delete the notes; the jobs that added any of them no longer re-add it after a full download."""
+    with context.worker.lock:
+        col = context.collection()
+        guids = {col.db.scalar("select guid from notes where id=?", note_id) for note_id in notes}
+        col.remove_notes(notes)
+        path = config.db_path(context.settings)
+        ours = [job["id"] for job in jobs.added(path) if note_guid(job["id"]) in guids]
+        jobs.mark_deleted(path, ours)
+    context.sync_soon()
