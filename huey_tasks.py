@@ -349,7 +349,8 @@ def queue_sync():
     A queued sync that has not started yet will carry the new note too: it
     takes the collection lock, which the add held. So many adds make one sync.
     """
-    if not any(task.name == sync_now.name for task in huey.pending()):
+    # (sync_now.name is None: Huey names the task class, so compare classes)
+    if not any(isinstance(task, sync_now.task_class) for task in huey.pending()):
         sync_now()
 
 

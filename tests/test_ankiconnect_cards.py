@@ -150,8 +150,6 @@ def test_card_changes_reach_the_server_by_the_queued_sync(make_service, account,
         col.close()
 
 
-@pytest.mark.xfail(strict=True, reason="huey_tasks.queue_sync compares with sync_now.name, which"
-                   " Huey leaves None, so it never sees the waiting sync: each change queues one")
 def test_a_burst_of_card_changes_queues_one_sync(make_service, account, fake_tts):
     port = free_port()
     service = make_service(ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}")
