@@ -116,15 +116,16 @@ def cloneDeckConfigId(context, name, cloneFrom="1"):
     return new_id
 
 
-@action
-def removeDeckConfigId(context, configId):
-    with context.worker.lock:
-        col = context.collection()
-        if int(configId) not in _config_ids(col):
-            return False
-        col.decks.remove_config(int(configId))
-    context.sync_soon()
-    return True
+@collection_action
+def removeDeckConfigId(col, configId):
+    # Removing a preset is a schema change: the next sync would be a full one, and
+    # ours takes the server's collection, undoing the removal and every change made
+    # since the last sync. Refused until a full upload can be chosen safely.
+    if int(configId) not in _config_ids(col):
+        return False
+    raise ActionError("removeDeckConfigId is not served: removing a deck options preset"
+                      " forces a full sync, which would undo it and lose changes made since"
+                      " the last sync; remove it in Anki desktop, then sync")
 
 
 def _nodes(node):

@@ -67,9 +67,10 @@ def test_deck_config_get_save_set_clone_remove(ac):
     assert ac("setDeckConfigId", decks=["Configured", "No such deck"], configId=1) is False
     assert ac("getDeckConfig", deck="Configured")["id"] == clone  # nothing changed
 
-    assert ac("removeDeckConfigId", configId=clone) is True
-    assert ac("removeDeckConfigId", configId=clone) is False
-    assert ac("getDeckConfig", deck="Configured")["id"] == 1  # its decks fall back on Default
+    # a schema change, which would force a full sync: refused, nothing removed
+    assert "forces a full sync" in ac.error("removeDeckConfigId", configId=clone)
+    assert ac("getDeckConfig", deck="Configured")["id"] == clone
+    assert ac("removeDeckConfigId", configId=987654321) is False
     assert ac.error("saveDeckConfig") == "saveDeckConfig: missing parameter: config"
     assert ac.error("setDeckConfigId", decks=["Default"]) == (
         "setDeckConfigId: missing parameter: configId")
