@@ -316,8 +316,7 @@ def card_allowance():
 
 def check_card_limits(claims):
     """429 with Retry-After when this login posts too fast, or too much waits already."""
-    counts = jobs.counts(db_path(), since=float("inf"))  # unfinished ones only
-    queued = sum(counts.get(status, 0) for status in jobs.UNFINISHED)
+    queued = jobs.unfinished_count(db_path())
     if queued >= settings().max_queued:
         bottle.response.set_header("Retry-After", "60")
         raise ApiError(429, f"{queued} cards are waiting for the worker already: try again"

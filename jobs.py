@@ -311,6 +311,13 @@ def mark_deleted(path, job_ids):
                          [(time.time(), job_id) for job_id in job_ids])
 
 
+def unfinished_count(path):
+    """How many jobs the worker still owes: read from the status index, not a table scan
+    (it runs on every card posted)."""
+    return db.connect(path).execute(
+        "SELECT count(*) FROM ankisync_jobs WHERE status IN (?, ?, ?)", UNFINISHED).fetchone()[0]
+
+
 def counts(path, since=0):
     """Number of jobs by status: all unfinished ones, and those finished since `since`."""
     rows = db.connect(path).execute(
