@@ -121,6 +121,12 @@ def _text(value):
     return value or None
 
 
+def _name(value):
+    if not value.strip():
+        raise ValueError("expected a name, such as User 1")
+    return value
+
+
 def _key_file(value):
     if value and not os.path.isfile(value):
         raise ValueError("no such file: give the path of a Google service account key (JSON)")
@@ -167,6 +173,8 @@ SETTINGS = [
      "local hosts or networks AnkiConnect may fetch media `url`s from (empty: public only)"),
     ("ANKISYNC_ANKICONNECT_URL_TIMEOUT", "30", _seconds,
      "seconds one AnkiConnect media download may take in all"),
+    ("ANKISYNC_ANKICONNECT_PROFILE", "User 1", _name,
+     "the profile name AnkiConnect answers (getProfiles, loadProfile, notesInfo)"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
     # Google's own name, read by its library from the environment: ankisync
     # reads it like the others and hands it on, so data/.env works too.
@@ -321,6 +329,11 @@ def collection_path(settings):
 
 def media_dir(settings):
     return settings.data_dir / "collection.media"
+
+
+def packages_dir(settings):
+    """The one folder AnkiConnect's exportPackage writes to and importPackage reads from."""
+    return settings.data_dir / "packages"
 
 
 def credentials_path(settings):

@@ -144,3 +144,11 @@ def getDeckStats(col, decks):
                       "new_count": node.new_count, "learn_count": node.learn_count,
                       "review_count": node.review_count, "total_in_deck": node.total_in_deck}
             for deck_id, node in _nodes(col.sched.deck_due_tree()).items() if deck_id in wanted}
+
+
+@collection_action
+def deckNameFromId(col, deckId):
+    found = col.decks.get(deckId, default=False) if type(deckId) is int else None
+    if not found:
+        raise ActionError(f"deck was not found: {deckId}")
+    return found["name"]

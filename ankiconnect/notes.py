@@ -187,20 +187,38 @@ def findNotes(col, query=None):
     return [] if query is None else list(col.find_notes(query))
 
 
+@action
+def notesInfo(context, notes=None, query=None):
+    if notes is None and query is None:
+        raise ActionError('Must provide either "notes" or a "query"')
+    with context.worker.lock:
+        col = context.collection()
+        if query is not None:  # as in the add-on, a query wins over notes
+            notes = col.find_notes(query)
+        result = []
+        for note_id in notes:
+            try:
+                note = col.get_note(note_id)
+            except (BackendError, TypeError, ValueError):
+                result.append({})  # keeps the answer in step with the question
+                continue
+            result.append({"noteId": note.id, "profile": context.settings.ankiconnect_profile,
+                           "tags": list(note.tags), "fields": fields_info(note),
+                           "modelName": note.note_type()["name"], "mod": note.mod,
+                           "cards": list(col.card_ids_of_note(note.id))})
+    return result
+
+
 @collection_action
-def notesInfo(col, notes=None, query=None):
-    if notes is None:
-        notes = [] if query is None else col.find_notes(query)
+def notesModTime(col, notes):
     result = []
     for note_id in notes:
         try:
             note = col.get_note(note_id)
         except (BackendError, TypeError, ValueError):
-            result.append({})  # keeps the answer in step with the question
+            result.append({})
             continue
-        result.append({"noteId": note.id, "tags": list(note.tags), "fields": fields_info(note),
-                       "modelName": note.note_type()["name"], "mod": note.mod,
-                       "cards": list(col.card_ids_of_note(note.id))})
+        result.append({"noteId": note.id, "mod": note.mod})
     return result
 
 
@@ -216,6 +234,17 @@ def canAddNotesWithErrorDetail(col, notes):
         error = _can_add(col, note)
         answers.append({"canAdd": True} if error is None else {"canAdd": False, "error": error})
     return answers
+
+
+@collection_action
+def canAddNote(col, note):
+    return _can_add(col, note) is None
+
+
+@collection_action
+def canAddNoteWithErrorDetail(col, note):
+    error = _can_add(col, note)
+    return {"canAdd": True} if error is None else {"canAdd": False, "error": error}
 
 
 def _can_add(col, request):
@@ -319,9 +348,87 @@ def deleteNotes(context, notes):
     """Delete the notes; the jobs that added any of them no longer re-add it after a full download."""
     with context.worker.lock:
         col = context.collection()
-        guids = {col.db.scalar("select guid from notes where id=?", note_id) for note_id in notes}
+        _forget_jobs(context, col, notes)
         col.remove_notes(notes)
-        path = config.db_path(context.settings)
-        ours = [job["id"] for job in jobs.added(path) if note_guid(job["id"]) in guids]
-        jobs.mark_deleted(path, ours)
     context.sync_soon()
+
+
+def _forget_jobs(context, col, note_ids):
+    """The jobs that added any of these notes no longer re-add them after a full download."""
+    guids = {col.db.scalar("select guid from notes where id=?", note_id) for note_id in note_ids}
+    path = config.db_path(context.settings)
+    jobs.mark_deleted(path, [job["id"] for job in jobs.added(path)
+                             if note_guid(job["id"]) in guids])
+
+
+def _is_empty(fields):
+    return not any(field.strip() for field in fields.split("\x1f"))
+
+
+@action
+def removeEmptyNotes(context):
+    """Delete the notes whose fields are all empty, as the add-on's README says.
+
+    (The add-on's code removes the note types that have no notes instead; that is a
+    schema change forcing a full sync, and not what its users are told.)"""
+    with context.worker.lock:
+        col = context.collection()
+        empty = [note_id for note_id, fields in col.db.execute("select id, flds from notes")
+                 if _is_empty(fields)]
+        if empty:
+            _forget_jobs(context, col, empty)
+            col.remove_notes(empty)
+    if empty:
+        log.info("AnkiConnect: removed %s empty notes", len(empty))
+        context.sync_soon()
+
+
+def _replace_tag(col, note_ids, old, new):
+    changed = []
+    for note_id in note_ids:
+        try:
+            note = col.get_note(note_id)
+        except (BackendError, TypeError, ValueError):
+            continue  # an unknown note is skipped, as in the add-on
+        if note.has_tag(old):
+            note.remove_tag(old)
+            note.add_tag(new)
+            changed.append(note)
+    if changed:
+        col.update_notes(changed)
+    return bool(changed)
+
+
+def _tag_name(name, value):
+    if not isinstance(value, str):
+        raise ActionError(f"{name} must be a tag name (a string)")
+    return value
+
+
+@action
+def replaceTags(context, notes, tag_to_replace, replace_with_tag):
+    old = _tag_name("tag_to_replace", tag_to_replace)
+    new = _tag_name("replace_with_tag", replace_with_tag)
+    with context.worker.lock:
+        changed = _replace_tag(context.collection(), notes, old, new)
+    if changed:
+        context.sync_soon()
+
+
+@action
+def replaceTagsInAllNotes(context, tag_to_replace, replace_with_tag):
+    old = _tag_name("tag_to_replace", tag_to_replace)
+    new = _tag_name("replace_with_tag", replace_with_tag)
+    with context.worker.lock:
+        col = context.collection()
+        changed = _replace_tag(col, col.db.list("select id from notes"), old, new)
+    if changed:
+        context.sync_soon()
+
+
+@action
+def clearUnusedTags(context):
+    with context.worker.lock:
+        changes = context.collection().tags.clear_unused_tags()
+    if changes.count:
+        context.sync_soon()
