@@ -9,14 +9,15 @@ keep working.
 
 The transport (server.py, peer.py) stands apart from the actions, which are
 grouped as the add-on's README groups them (cards, decks, graphical, media,
-miscellaneous, models, notes; statistics when it has some), each module
+miscellaneous, models, notes, statistics), each module
 registering its own with dispatch.py's `@action`.
 """
 
 import anki.collection  # noqa: F401 (first: anki's own modules need this import order)
 
 # each action module registers its actions as it loads
-from ankiconnect import cards, decks, graphical, media, miscellaneous, models, notes  # noqa: F401
+from ankiconnect import (cards, decks, graphical, media, miscellaneous, models, notes,  # noqa: F401
+                         statistics)
 from ankiconnect.notes import readd
 from ankiconnect.server import start
 
