@@ -1,9 +1,19 @@
-"""Miscellaneous actions: version, permission, sync, multi, reflection."""
+"""Miscellaneous actions: version, permission, sync, multi, reflection, the one
+profile, and packages exported and imported in the data dir's packages folder."""
+
+import logging
+import os
+
+from anki.collection import (DeckIdLimit, ExportAnkiPackageOptions, ImportAnkiPackageOptions,
+                             ImportAnkiPackageRequest)
 
 import config
 import db
 from ankiconnect.dispatch import ACTIONS, API_VERSION, ActionError, action, handle
+from ankiconnect.graphical import NO_WINDOW
 from errors import AnkisyncError
+
+log = logging.getLogger(__name__)
 
 
 @action
@@ -52,6 +62,84 @@ def apiReflect(context, scopes=None, actions=None):
     result = {"scopes": []}
     if "actions" in scopes:
         result["scopes"].append("actions")
-        names = ACTIONS if actions is None else [a for a in actions if a in ACTIONS]
+        # an action that can only say it needs a window is not offered
+        served = [name for name in ACTIONS if name not in NO_WINDOW]
+        names = served if actions is None else [a for a in actions if a in served]
         result["actions"] = list(names)
     return result
+
+
+@action
+def getProfiles(context):
+    return [context.settings.ankiconnect_profile]
+
+
+@action
+def getActiveProfile(context):
+    return context.settings.ankiconnect_profile
+
+
+@action
+def loadProfile(context, name):
+    # one collection, one profile: it is always loaded; another name is unknown
+    return name == context.settings.ankiconnect_profile
+
+
+@action
+def reloadCollection(context):
+    """Nothing to reload: the worker's open collection is the only copy in use."""
+    context.collection()
+
+
+def _package(context, path):
+    """The package file a client names, inside the packages folder, or the refusal.
+
+    Only a bare file name ending in .apkg: no folder, no "..", no absolute path, and
+    not a symlink (which could point anywhere). The refusal is the same whether or
+    not such a file exists, so it tells nothing about the disk."""
+    folder = config.packages_dir(context.settings)
+    refusal = ActionError(f"path is not allowed: {path!r:.200}: give a file name ending in"
+                          f" .apkg, which is kept in {folder}")
+    if (not isinstance(path, str) or not path.endswith(".apkg") or path != os.path.basename(path)
+            or "\\" in path or "\0" in path or path.startswith(".")):
+        raise refusal
+    file = folder / path
+    if file.is_symlink() or os.path.dirname(os.path.realpath(file)) != os.path.realpath(folder):
+        raise refusal
+    return file
+
+
+@action
+def exportPackage(context, deck, path, includeSched=False):
+    file = _package(context, path)
+    if not isinstance(includeSched, bool):
+        raise ActionError("includeSched must be true or false")
+    with context.worker.lock:
+        col = context.collection()
+        found = col.decks.by_name(deck) if isinstance(deck, str) else None
+        if found is None:
+            return False
+        file.parent.mkdir(mode=0o700, exist_ok=True)
+        options = ExportAnkiPackageOptions(with_scheduling=includeSched,
+                                           with_deck_configs=includeSched,
+                                           with_media=True, legacy=True)
+        count = col.export_anki_package(out_path=str(file), options=options,
+                                        limit=DeckIdLimit(found["id"]))
+    log.info("AnkiConnect: exported %s notes of %r to %s", count, deck, file)
+    return True
+
+
+@action
+def importPackage(context, path):
+    file = _package(context, path)
+    if not file.is_file():
+        raise ActionError(f"package was not found: {path}: put it in"
+                          f" {config.packages_dir(context.settings)} first")
+    request = ImportAnkiPackageRequest(package_path=str(file), options=ImportAnkiPackageOptions(
+        with_scheduling=True, with_deck_configs=True))
+    with context.worker.lock:
+        answer = context.collection().import_anki_package(request)
+    log.info("AnkiConnect: imported %s: %s new notes, %s updated", path,
+             len(answer.log.new), len(answer.log.updated))
+    context.sync_soon()
+    return True
