@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 # answered with _no_window's error only, whatever their params; apiReflect does not offer them
 NO_WINDOW = frozenset({
     "guiEditNote", "guiAddCards", "guiAddNoteSetData", "guiDeckOverview", "guiDeckBrowser",
-    "guiDeckReview", "guiImportFile", "guiUndo", "guiExitAnki",
+    "guiDeckReview", "guiImportFile", "guiUndo", "guiExitAnki", "guiPlayAudio",
 })
 
 
@@ -133,6 +133,11 @@ def guiImportFile(context, **_):
 @action
 def guiUndo(context, **_):
     _no_window("guiUndo", "there is no window whose last step could be undone")
+
+
+@action
+def guiPlayAudio(context, **_):
+    _no_window("guiPlayAudio", "nothing is being reviewed here, and no sound is played")
 
 
 @action

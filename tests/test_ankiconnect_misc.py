@@ -106,7 +106,8 @@ def test_imported_package_reaches_the_server(make_service, account, sync_server,
 
 
 WINDOW_ONLY = ["guiEditNote", "guiAddCards", "guiAddNoteSetData", "guiDeckOverview",
-               "guiDeckBrowser", "guiDeckReview", "guiImportFile", "guiUndo", "guiExitAnki"]
+               "guiDeckBrowser", "guiDeckReview", "guiImportFile", "guiUndo", "guiExitAnki",
+               "guiPlayAudio"]
 
 
 def test_graphical_actions_answer_what_is_true_without_a_window(ac):
