@@ -164,8 +164,18 @@ def _add(context, col, request, media):
 
 
 def readd(col, job):
-    """Add an AnkiConnect job's note again, same guid, after a full download."""
+    """Add an AnkiConnect job's note again, same guid, after a full download; or,
+    for a deletion's job, delete its notes again."""
     request = json.loads(job["request"])
+    if "deleteGuids" in request:
+        guids, found = request["deleteGuids"], []
+        for start in range(0, len(guids), 500):  # under SQLite's limit of bound values
+            batch = guids[start:start + 500]
+            found += col.db.list(f"select id from notes where guid in ({', '.join('?' * len(batch))})",
+                                 *batch)
+        col.remove_notes(found)
+        log.info("AnkiConnect: deleted %s notes again after a full download", len(found))
+        return
     model = col.models.by_name(request["modelName"])
     if model is None:
         raise BadNote(f"the note type {request['modelName']!r} is not in the collection"
@@ -354,11 +364,21 @@ def deleteNotes(context, notes):
 
 
 def _forget_jobs(context, col, note_ids):
-    """The jobs that added any of these notes no longer re-add them after a full download."""
-    guids = {col.db.scalar("select guid from notes where id=?", note_id) for note_id in note_ids}
+    """Make a deletion outlive a full download that comes before it is synced.
+
+    The jobs that added any of these notes no longer re-add them; the other notes
+    (from another device, or imported) are remembered by guid in a job of their
+    own, which `readd` turns into deleting them again after the download. Like
+    any job it is purged once synced: then the server has the deletion too."""
+    guids = {guid for guid in (col.db.scalar("select guid from notes where id=?", note_id)
+                               for note_id in note_ids) if guid is not None}
     path = config.db_path(context.settings)
-    jobs.mark_deleted(path, [job["id"] for job in jobs.added(path)
-                             if note_guid(job["id"]) in guids])
+    ours = [job["id"] for job in jobs.added(path) if note_guid(job["id"]) in guids]
+    jobs.mark_deleted(path, ours)
+    others = sorted(guids - {note_guid(job_id) for job_id in ours})
+    if others:
+        jobs.create_done(path, "ankiconnect", {"deleteGuids": others},
+                         {"deletedNotes": len(others)})
 
 
 def _is_empty(fields):

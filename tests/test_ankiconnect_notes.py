@@ -1,6 +1,9 @@
 """AnkiConnect's note actions (tags, empty notes, mod times, aliases), through the worker's port."""
 
-from anki_server import download_collection, notes_in, seed_other_device
+from anki.collection import Collection
+
+from anki_server import download_collection, notes_in, seed_other_device, upload_collection
+from helpers import wait_for_log
 from test_ankiconnect import Client, ac, basic, keyed, start_with_ankiconnect  # noqa: F401 (fixtures)
 
 
@@ -126,3 +129,33 @@ def test_removed_empty_note_is_not_re_added_by_a_full_download(make_service, acc
     assert _fronts(tmp_path, sync_server, account) == ["from the phone", "kept"]
     assert ac("findNotes", query='"emptied then removed" or "deleted"') == []
     assert len(ac("findNotes", query="deck:*")) == 2
+
+
+def test_deleting_a_note_from_another_device_outlives_a_full_download(make_service, account,
+                                                                       sync_server, tmp_path):
+    # the note came from the phone; it is deleted here, and before that deletion is
+    # synced the phone changes a note type (a schema change) and uploads its whole
+    # collection: the next sync here is a full download, which must not bring it back
+    other = tmp_path / "other"
+    seed_other_device(other, sync_server.url, account, "phone note deleted here")
+    service = start_with_ankiconnect(make_service)
+    service.sync_login(account)
+    ac = Client(service.ac_port)
+    wait_for_log(service, "synced (")
+    [phone_note] = ac("findNotes", query='"phone note deleted here"')
+    ac("addNote", note=basic("added here"))
+    assert ac("deleteNotes", notes=[phone_note]) is None
+
+    col = Collection(str(other / "collection.anki2"))
+    try:
+        basic_type = col.models.by_name("Basic")
+        col.models.add_field(basic_type, col.models.new_field("Extra"))
+        col.models.update_dict(basic_type)
+        upload_collection(col, sync_server.url, account, "pass")
+    finally:
+        col.close()
+    assert ac("sync")["outcome"] == "downloaded"
+
+    assert _fronts(tmp_path, sync_server, account) == ["added here"]
+    assert ac("findNotes", query='"phone note deleted here"') == []
+    assert "deleted 1 notes again after a full download" in service.logs()
