@@ -6,6 +6,7 @@ import pytest
 
 from anki_server import download_collection, notes_in
 from helpers import wait_for_log
+from service import Service
 from test_ankiconnect import (Client, ac, basic, keyed,  # noqa: F401 (fixtures)
                               start_with_ankiconnect)
 
@@ -20,6 +21,14 @@ def test_one_profile(ac):
     assert ac.error("loadProfile") == "loadProfile: missing parameter: name"
     assert ac("reloadCollection") is None
     assert ac("deckNames")  # still served after it
+
+
+def test_a_blank_profile_name_stops_the_start(tmp_path):
+    result = Service(tmp_path / "data", ANKISYNC_ANKICONNECT_PROFILE=" ").cli("worker")
+    assert result.returncode == 1
+    assert "ANKISYNC_ANKICONNECT_PROFILE=' ' from environment" in result.stderr
+    assert "expected a name, such as User 1" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_export_then_import_package(ac, keyed):
