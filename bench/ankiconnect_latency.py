@@ -20,6 +20,7 @@ start and end while a sync runs are kept). Medians of --repeats (5).
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -95,6 +96,12 @@ class Syncing:
             self.durations.append(time.perf_counter() - started)
             self.running.clear()
 
+    def typical(self):
+        """Seconds a sync takes (the median so far; waits for the first)."""
+        while not self.durations:
+            time.sleep(0.05)
+        return statistics.median(self.durations)
+
     def __enter__(self):
         self.thread.start()
         return self
@@ -119,19 +126,29 @@ def action_cases(notes, batches):
 
 
 def measure_actions(port, notes, batches, repeats, syncing=None):
-    """Median ms per case; with syncing, only calls made wholly inside a sync count."""
-    medians = {}
+    """(median, max) ms per case.
+
+    With syncing, each call starts at a random point of a sync (a uniform offset
+    into the last sync's duration: the collection part, which holds the
+    collection, or the media part, which does not), and counts only if it ended
+    before that sync did; calls started right as the flag is set would mostly run
+    before the worker even began the sync.
+    """
+    results = {}
     for name, act, params in action_cases(notes, batches):
         samples = []
         while len(samples) < repeats:
             args = params()
             if syncing is not None:
                 syncing.running.wait(300)
+                time.sleep(random.uniform(0, 0.9 * syncing.typical()))
+                if not syncing.running.is_set():
+                    continue
             latency = timed(port, act, **args)
             if syncing is None or syncing.running.is_set():
                 samples.append(latency)
-        medians[name] = statistics.median(samples)
-    return medians
+        results[name] = (statistics.median(samples), max(samples))
+    return results
 
 
 def bulk_actions(tmp, sync_url, args):
@@ -170,7 +187,8 @@ def bulk_actions(tmp, sync_url, args):
           f" {statistics.median(syncing.durations or [0]) * 1000:.0f} ms each;"
           f" medians of {args.repeats}")
     for name in idle:
-        print(f"{name:<18} idle {idle[name]:8.1f} ms   in sync {during[name]:8.1f} ms")
+        print(f"{name:<18} idle median {idle[name][0]:7.1f} ms (max {idle[name][1]:7.1f})"
+              f"   in sync median {during[name][0]:7.1f} ms (max {during[name][1]:7.1f})")
 
 
 def lookups(tmp, sync_url, args):

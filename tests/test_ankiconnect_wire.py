@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from anki_server import free_port
+from browser import Page, chromium
 from service import Service
 from test_ankiconnect import basic, call, wait_for_port
 
@@ -25,10 +26,10 @@ SCHEMA = """\
 
 
 @pytest.fixture(scope="module")
-def open_door(tmp_path_factory, sync_server):
+def open_door(tmp_path_factory):
     port = free_port()
     service = Service(tmp_path_factory.mktemp("wire") / "svc",
-                      ANKISYNC_SYNC_ENDPOINT=sync_server.url, ANKISYNC_GOOGLE_API_KEY=None,
+                      ANKISYNC_SYNC_ENDPOINT=None, ANKISYNC_GOOGLE_API_KEY=None,
                       ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}").start()
     wait_for_port(service, port)
     service.ac_port = port
@@ -157,19 +158,22 @@ def test_origin_rule_is_the_add_ons(open_door, origin, allowed):
         assert headers["Access-Control-Allow-Origin"] == origin
 
 
-def test_an_origin_added_to_the_list_is_let_in(make_service):
+def test_an_origin_added_to_the_list_is_let_in(tmp_path):
     port = free_port()
-    service = make_service(ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}",
-                           ANKISYNC_GOOGLE_API_KEY=None,
-                           ANKISYNC_ANKICONNECT_ORIGINS="app://obsidian.md,https://localhost")
-    wait_for_port(service, port)
-    for origin in ("app://obsidian.md", "https://localhost"):
-        status, headers, body = call(port, "version", origin=origin)
-        assert status == 200 and body["result"] == 6
-        assert headers["Access-Control-Allow-Origin"] == origin
-    # without http://localhost in the list, neither 127.0.0.1 pages nor extensions get in
-    for origin in ("http://127.0.0.1:3000", "chrome-extension://abcdef"):
-        assert call(port, "version", origin=origin)[0] == 403
+    service = Service(tmp_path / "svc", ANKISYNC_SYNC_ENDPOINT=None, ANKISYNC_GOOGLE_API_KEY=None,
+                      ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}",
+                      ANKISYNC_ANKICONNECT_ORIGINS="app://obsidian.md,https://localhost").start()
+    try:
+        wait_for_port(service, port)
+        for origin in ("app://obsidian.md", "https://localhost"):
+            status, headers, body = call(port, "version", origin=origin)
+            assert status == 200 and body["result"] == 6
+            assert headers["Access-Control-Allow-Origin"] == origin
+        # without http://localhost in the list, neither 127.0.0.1 pages nor extensions
+        for origin in ("http://127.0.0.1:3000", "chrome-extension://abcdef"):
+            assert call(port, "version", origin=origin)[0] == 403
+    finally:
+        service.kill()
 
 
 def test_suspend_unknown_card_names_it(open_door):
@@ -199,3 +203,25 @@ def test_add_notes_is_all_or_none(open_door):
     # duplicates within one batch are allowed when the notes say so
     twins = [basic("wire-twin", options={"allowDuplicate": True})] * 2
     assert len(ask(open_door, "addNotes", notes=twins)["result"]) == 2
+
+
+@pytest.mark.slow  # a real browser
+def test_a_real_browser_applies_the_origin_rule(open_door):
+    """Chromium, the user's own browser: a page of http://127.0.0.1:PORT reads
+    AnkiConnect's answer; a page of http://localhost:PORT is stopped at the preflight."""
+    chromium()  # skips (or, in CI, fails) without a browser
+    script = f"""
+    try {{
+      const answer = await fetch("http://127.0.0.1:{open_door.ac_port}/", {{method: "POST",
+          headers: {{"content-type": "application/json"}},
+          body: JSON.stringify({{action: "version", version: 6}})}});
+      return {{status: answer.status, body: await answer.json()}};
+    }} catch (error) {{
+      return {{blocked: String(error)}};
+    }}"""
+    with Page(script, host="127.0.0.1") as page:
+        assert page.run() == {"status": 200, "body": {"result": 6, "error": None}}
+    with Page(script, host="localhost") as page:
+        assert page.origin.startswith("http://localhost:")
+        seen = page.run()
+        assert "blocked" in seen, seen
