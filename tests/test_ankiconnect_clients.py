@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from anki_server import download_collection, free_port, media_files, notes_in
+from anki_server import download_collection, free_port, media_files, notes_in, seed_other_device
 from test_ankiconnect import AUDIO, PICTURE, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -52,20 +52,29 @@ class Wire:
         return reply["result"]
 
 
-def start(make_service, account, **settings):
+def start(make_service, sync_server, account, tmp_path, **settings):
+    """ankisync with AnkiConnect on, logged in to an account that already holds the
+    user's collection (one note from their phone), as a user's account does."""
+    seed_other_device(tmp_path / "earlier", sync_server.url, account, "from the phone")
     port = free_port()
     service = make_service(ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}",
                            ANKISYNC_GOOGLE_API_KEY=None, **settings)
     wait_for_port(service, port)
     service.sync_login(account)
+    # the user's collection arrives before the client starts (a change made before
+    # this first full download would be replaced by the server's copy)
+    assert Wire(port, {}).invoke("sync")["synced"] is True
     service.ac_port = port
     return service
 
 
 def synced_phone(wire, sync_server, account, where):
-    """Sync ankisync now (AnkiConnect `sync`), then a fresh collection from the server."""
+    """Sync ankisync now (AnkiConnect `sync`), then a fresh collection from the server;
+    the note the phone had put there first is still in it."""
     assert wire.invoke("sync")["synced"] is True
-    return download_collection(where, sync_server.url, account, "pass")
+    phone = download_collection(where, sync_server.url, account, "pass")
+    assert "from the phone" in {note["fields"].get("Front") for note in notes_in(phone)}
+    return phone
 
 
 # --- Obsidian_to_Anki -------------------------------------------------------------
@@ -140,7 +149,8 @@ def test_obsidian_to_anki_scans_reach_a_fresh_collection(make_service, account, 
     vault = tmp_path / "vault"
     vault.mkdir()
     (vault / "diagram.png").write_bytes(PICTURE)
-    service = start(make_service, account, ANKISYNC_ANKICONNECT_ORIGINS="app://obsidian.md",
+    service = start(make_service, sync_server, account, tmp_path,
+                    ANKISYNC_ANKICONNECT_ORIGINS="app://obsidian.md",
                     ANKISYNC_ANKICONNECT_PATHS=str(vault))
     wire = Wire(service.ac_port, OBSIDIAN)
     # onload/saveDefault: note types and their fields
@@ -210,7 +220,7 @@ def asbplayer_connect(wire):
 def test_asbplayer_setup_and_mining_reach_a_fresh_collection(make_service, account,
                                                              sync_server, tmp_path):
     """Needs createModel (ankiconnect/models.py) and notesModTime (ankiconnect/notes.py)."""
-    service = start(make_service, account)
+    service = start(make_service, sync_server, account, tmp_path)
     wire = Wire(service.ac_port, ASBPLAYER)
     asbplayer_connect(wire)
     # the settings tutorial: "create default deck", then "create default note type"
@@ -283,7 +293,7 @@ MPVACIOUS = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": 
 def test_mpvacious_mining_reaches_a_fresh_collection(make_service, account, sync_server,
                                                      tmp_path):
     """Needs findModelsByName (ankiconnect/models.py)."""
-    service = start(make_service, account)
+    service = start(make_service, sync_server, account, tmp_path)
     wire = Wire(service.ac_port, MPVACIOUS)
     # start-up: create_deck (changeDeck of no cards makes the deck), the media folder,
     # where mpvacious's encoder writes the clip and the snapshot itself
@@ -334,7 +344,7 @@ YOMITAN = {"Origin": "chrome-extension://likgccmbimhjbgkjambclfkhldnlhbnn",
 
 def test_yomitan_lookup_and_add_reach_a_fresh_collection(make_service, account, sync_server,
                                                          tmp_path):
-    service = start(make_service, account)
+    service = start(make_service, sync_server, account, tmp_path)
     wire = Wire(service.ac_port, YOMITAN)
 
     def invoke(action, params):
@@ -375,5 +385,34 @@ def test_yomitan_lookup_and_add_reach_a_fresh_collection(make_service, account, 
         [on_phone] = [n for n in notes_in(phone) if n["fields"]["Front"] == "辞書"]
         assert on_phone["tags"] == ["yomitan"]
         assert "yomitan_jisho.mp3" in media_files(phone)
+    finally:
+        phone.close()
+
+
+# --- a new, empty sync account ------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ankiweb.sync answers FULL_SYNC with a download: on an account with no notes yet, the"
+    " first full sync after a deck or note type is made (before any note) replaces them"
+    " with the server's empty copy"))
+def test_a_deck_made_on_a_new_account_before_any_note_reaches_the_server(
+        make_service, account, sync_server, tmp_path):
+    """A new self-hosted account: log in, then a client's setup makes its deck first
+    (mpvacious's create_deck, asbplayer's createDeck/createModel) and syncs."""
+    port = free_port()
+    service = make_service(ANKISYNC_ANKICONNECT_LISTEN=f"127.0.0.1:{port}",
+                           ANKISYNC_GOOGLE_API_KEY=None)
+    wait_for_port(service, port)
+    service.sync_login(account)
+    wire = Wire(port, MPVACIOUS)
+    assert wire.invoke("sync")["synced"] is True
+    wire.invoke("changeDeck", {"cards": [], "deck": "Japanese::Mining"})
+    assert "Japanese::Mining" in wire.invoke("deckNames")
+    assert wire.invoke("sync")["synced"] is True
+    assert "Japanese::Mining" in wire.invoke("deckNames")
+    phone = download_collection(tmp_path / "phone", sync_server.url, account, "pass")
+    try:
+        assert "Japanese::Mining" in phone.decks.all_names()
     finally:
         phone.close()
