@@ -51,7 +51,8 @@ def raw_exchange(port, request):
         while chunk := sock.recv(65536):
             answer += chunk
             head, _, body = answer.partition(b"\r\n\r\n")
-            length = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+            length = [line for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")]
             if length and len(body) >= int(length[0].split(b":")[1]):
                 break
     return head.decode(), body
