@@ -45,7 +45,7 @@ def _next_reviews(col, card):
 @collection_action
 def suspend(col, cards, suspend=True):
     # only the cards not already in the wanted state; False when there are none
-    cards = [card_id for card_id in cards if (col.get_card(card_id).queue == -1) != suspend]
+    cards = [card_id for card_id in cards if (_card(col, card_id).queue == -1) != suspend]
     if not cards:
         return False
     if suspend:

@@ -9,6 +9,8 @@ import functools
 import hmac
 import inspect
 import logging
+import pprint
+import textwrap
 
 from anki.errors import BackendError
 
@@ -80,9 +82,68 @@ def _call(context, name, func, params):
     if missing:
         raise ActionError(f"{name}: missing parameter: {', '.join(missing)}")
     if taken is not None:
-        # unknown extra keys in params are accepted silently, as clients expect
-        params = {key: value for key, value in params.items() if key in taken}
+        # as in the add-on, whose Python call refuses them: a misspelt name must not be
+        # silently dropped (a `dat` taken for "no data", a `deleteExisting` typo ignored)
+        unknown = [key for key in params if key not in taken]
+        if unknown:
+            raise ActionError(f"AnkiConnect.{name}() got an unexpected keyword argument"
+                              f" '{unknown[0]}'")
     return func(context, **params)
+
+
+# The add-on checks each request against this schema with jsonschema, and answers
+# str(ValidationError): the message, then the schema part and the value that failed.
+REQUEST_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "minLength": 1},
+        "version": {"type": "integer"},
+        "params": {"type": "object"},
+    },
+    "required": ["action"],
+}
+_JSON_TYPES = {"object": dict, "string": str, "integer": int}
+
+
+def _is(value, kind):
+    if isinstance(value, bool):  # JSON true/false is neither a number nor a string
+        return False
+    if kind == "integer" and isinstance(value, float):
+        return value.is_integer()  # jsonschema counts 6.0 as an integer
+    return isinstance(value, _JSON_TYPES[kind])
+
+
+def _schema_text(message, keyword, schema_path, schema, instance_path, instance):
+    """The text of jsonschema's ValidationError, as the add-on sends it."""
+    def block(value):
+        return textwrap.indent(pprint.pformat(value, width=72), "    ")
+    return (f"{message}\n\nFailed validating {keyword!r} in {schema_path}:\n{block(schema)}"
+            f"\n\nOn {instance_path}:\n{block(instance)}")
+
+
+def schema_error(request):
+    """The add-on's error text for a decoded request its schema refuses, else None.
+
+    Of several faults, the one jsonschema's best_match picks: the request's own
+    (not an object, no action) before a member's.
+    """
+    if not _is(request, "object"):
+        return _schema_text(f"{request!r} is not of type 'object'", "type", "schema",
+                            REQUEST_SCHEMA, "instance", request)
+    if "action" not in request:
+        return _schema_text("'action' is a required property", "required", "schema",
+                            REQUEST_SCHEMA, "instance", request)
+    for name, rules in REQUEST_SCHEMA["properties"].items():
+        if name not in request:
+            continue
+        value, where = request[name], f"schema['properties'][{name!r}]"
+        if not _is(value, rules["type"]):
+            return _schema_text(f"{value!r} is not of type {rules['type']!r}", "type", where,
+                                rules, f"instance[{name!r}]", value)
+        if "minLength" in rules and len(value) < rules["minLength"]:
+            return _schema_text(f"{value!r} should be non-empty", "minLength", where,
+                                rules, f"instance[{name!r}]", value)
+    return None
 
 
 def key_ok(settings, key):
@@ -98,6 +159,8 @@ def handle(context, request, allowed=True, origin=""):
         return {"result": None, "error": "the request must be a JSON object with an action"}
     name = request.get("action", "")
     version = request.get("version", 4)
+    if isinstance(version, float) and version.is_integer():  # 6.0 passes the schema
+        version = int(version)
     params = request.get("params") or {}
     try:
         if not isinstance(version, int) or not isinstance(params, dict):

@@ -277,19 +277,69 @@ def addNote(context, note):
 
 @action
 def addNotes(context, notes):
-    """Each note on its own: its id, or None when it was refused."""
-    ids = []
-    for request in notes:
-        media = fetch_media(context.settings, request)
+    """All the notes or none, as the current add-on: one refused note fails the batch,
+    and the error lists every refusal ("['model was not found: X', ...]").
+
+    Each note is checked first, against the collection and the notes before it in the
+    batch (two equal notes in one batch are duplicates as when added one by one);
+    only when all pass are they added, so a refusal leaves nothing half-written.
+    """
+    if not isinstance(notes, list):
+        raise ActionError("notes must be a list of notes")
+    media = [fetch_media(context.settings, request) for request in notes]
+    with context.worker.lock:
+        col = context.collection()
+        errors, earlier = [], []
+        for request in notes:
+            try:
+                note, deck = _checked_note(col, request)
+                options = _options(request)
+                if not options["allow"] and any(
+                        _same_in_scope(col, note, deck, options, *other) for other in earlier):
+                    raise ActionError("cannot create note because it is a duplicate")
+                earlier.append((note, deck))
+            except (ActionError, KeyError, TypeError) as error:
+                errors.append(str(error))
+        if errors:
+            log.info("AnkiConnect: addNotes: %d of %d notes refused, none added: %s",
+                     len(errors), len(notes), errors)
+            raise ActionError(str(errors))
+        ids = []
         try:
-            with context.worker.lock:
-                ids.append(_add(context, context.collection(), request, media))
-        except (ActionError, KeyError, TypeError) as error:
-            log.info("AnkiConnect: addNotes: note %s refused: %s", len(ids), error)
-            ids.append(None)
-    if any(note_id is not None for note_id in ids):
+            for request, items in zip(notes, media):
+                ids.append(_add(context, col, request, items))
+        except ActionError:
+            if ids:  # the backend refused a checked note: take back this batch's notes
+                guids = {col.db.scalar("select guid from notes where id=?", i) for i in ids}
+                col.remove_notes(ids)
+                path = config.db_path(context.settings)
+                jobs.mark_deleted(path, [job["id"] for job in jobs.added(path)
+                                         if note_guid(job["id"]) in guids])
+            raise
+    if ids:
         context.sync_soon()
     return ids
+
+
+def _same_in_scope(col, note, deck, options, other, other_deck):
+    """Whether an earlier note of the same batch makes note a duplicate, by the
+    rule _check applies against the collection."""
+    if note.fields[0].strip() == "" or (
+            _field_checksum(col, note.fields[0]) != _field_checksum(col, other.fields[0])):
+        return False
+    if note.mid != other.mid and not options["all_models"]:
+        return False
+    if options["scope"] != "deck":
+        return True
+    scope_deck = deck
+    if options["deck"] is not None:
+        scope_deck = col.decks.by_name(options["deck"])
+        if scope_deck is None:
+            return False
+    deck_ids = {scope_deck["id"]}
+    if options["children"]:
+        deck_ids.update(child_id for _, child_id in col.decks.children(scope_deck["id"]))
+    return other_deck["id"] in deck_ids
 
 
 @action

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import config
 import db
 import throttle
-from ankiconnect.dispatch import API_VERSION, Context, handle, key_ok
+from ankiconnect.dispatch import API_VERSION, Context, handle, key_ok, schema_error
 from ankiconnect.peer import peer_uid
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,28 @@ MAX_REFUSED_BODY = 64 * 1024      # a refused origin's body is read only to answ
 READ_TIMEOUT = 30                 # seconds a client may stay silent mid-request
 
 
+# The add-on lets these in without asking whenever "http://localhost" is in its list
+# (its default): a page of 127.0.0.1 and any browser extension. Not "localhost:3000":
+# the add-on matches that name only exactly.
+_WITH_LOCALHOST = ("http://127.0.0.1:", "chrome-extension://", "moz-extension://",
+                   "safari-web-extension://")
+
+
 def origin_allowed(origin, allowlist):
-    """Whether a browser origin may call; "scheme://*" entries match by prefix."""
+    """Whether a browser origin may call, by the add-on's rule.
+
+    No Origin header (curl, scripts) or "*" in the list: yes. Else the origin must be
+    in the list, or be one the add-on lets in when "http://localhost" is. Ours adds one
+    thing for lists written for ankisync: an entry ending in "*" matches by prefix.
+    """
     if origin is None or "*" in allowlist:
         return True
     for entry in allowlist:
         if entry == origin or entry.endswith("*") and origin.startswith(entry[:-1]):
             return True
     if "http://localhost" in allowlist:
-        # as in the add-on: localhost allowed means any local page on any port
-        host = origin.split("://", 1)[-1].rsplit(":", 1)[0]
-        return origin.startswith(("http://", "https://")) and host in ("localhost", "127.0.0.1")
+        return (origin in ("http://127.0.0.1", "https://127.0.0.1")
+                or origin.startswith(_WITH_LOCALHOST))
     return False
 
 
@@ -217,13 +228,19 @@ class Handler(BaseHTTPRequestHandler):
         if not body:
             if not allowed:
                 return self._send(403, b"", shown)
-            return self._send(200, f"AnkiConnect v.{API_VERSION}".encode(), shown, "text/plain")
+            # what a browser at http://127.0.0.1:8765 shows, and clients probe for
+            return self._send(200, json.dumps({"apiVersion": f"AnkiConnect v.{API_VERSION}"})
+                              .encode(), shown)
         try:
-            request = json.loads(body)
+            # decoded first as the add-on does, for its error texts (and no UTF-16 guessing)
+            request = json.loads(body.decode("utf-8"))
+            problem = schema_error(request)
         except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
+            request, problem = None, str(error)
+        if problem is not None:
             if not allowed:
                 return self._send(403, b"", shown)
-            reply = {"result": None, "error": f"the request is not JSON: {error}"}
+            reply = {"result": None, "error": problem}
             return self._send(200, json.dumps(reply).encode(), shown)
         asks_permission = isinstance(request, dict) and request.get("action") == "requestPermission"
         if not allowed and not asks_permission:
