@@ -107,7 +107,12 @@ def post(service, n, word=None):
     return body["taskId"]
 
 
-def save_screenshot(driver, name):
+def save_screenshot(driver, name, element=None):
+    """The viewport as a PNG under ARTIFACTS, scrolled to element (else the top)."""
+    if element is None:
+        driver.execute_script("window.scrollTo(0, 0)")
+    else:
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
     assert driver.save_screenshot(str(path)), path
@@ -337,7 +342,8 @@ def test_on_a_phone_a_failed_card_shows_why_and_retry_makes_it(make_service, fak
             if button.is_displayed():
                 size = button.size
                 assert size["height"] >= 44 and size["width"] >= 44, (button.text, size)
-        path = save_screenshot(driver, "status-page-phone.png")
+        save_screenshot(driver, "status-page-phone-top.png")
+        path = save_screenshot(driver, "status-page-phone.png", failed_row)
         assert path.stat().st_size > 10_000
 
         fake_tts.valid_keys = {GOOGLE_KEY}  # the user fixed the key
