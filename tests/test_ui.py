@@ -63,6 +63,23 @@ def browser(tmp_path):
     driver.quit()
 
 
+@pytest.fixture
+def local_service(tmp_path, fake_tts):
+    """An install with the fake Google TTS and no sync server (cards stay local)."""
+    started = []
+
+    def make():
+        service = Service(tmp_path / "svc", ANKISYNC_SYNC_ENDPOINT=None,
+                          ANKISYNC_GOOGLE_API_KEY=GOOGLE_KEY,
+                          ANKISYNC_GOOGLE_TTS_ENDPOINT=fake_tts.url)
+        started.append(service)
+        return service.start()
+
+    yield make
+    for service in started:
+        service.kill()
+
+
 def page_wait(driver, condition, what, timeout=45):
     """condition(driver)'s first true value, polled; fails naming what it waited for."""
     return wait_until(lambda: condition(driver), lambda: f"{what}; the page shows:\n"
@@ -89,10 +106,16 @@ def row(driver, task_id):
     return found[0] if found else None
 
 
+def listed(driver):
+    """[(taskId, word, badge)] of the jobs listed, read at once (the list is redrawn)."""
+    return [tuple(item) for item in driver.execute_script(
+        "return [...document.querySelectorAll('li.job')].map(row => [row.dataset.task,"
+        " row.querySelector('.word').textContent, row.querySelector('.badge').textContent])")]
+
+
 def shown_status(driver, task_id):
     """The job's status as the page shows it (its badge), or None while not listed."""
-    found = row(driver, task_id)
-    return found.find_element("css selector", ".badge").text if found else None
+    return next((badge for task, _, badge in listed(driver) if task == task_id), None)
 
 
 def wait_shown(driver, task_id, status, timeout=45):
@@ -257,9 +280,9 @@ def test_daily_stats_count_cards_and_failures_and_survive_the_purge(make_service
 # --- in Chromium ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sign_in_and_watch_cards_wait_run_and_finish_and_cancel_one(browser, make_service,
+def test_sign_in_and_watch_cards_wait_run_and_finish_and_cancel_one(browser, local_service,
                                                                     fake_tts):
-    service = make_service(ANKISYNC_SYNC_ENDPOINT=None)
+    service = local_service()
     driver = browser
     sign_in(driver, service, key="ak_wrong")
     page_wait(driver, lambda d: "wrong API key" in d.find_element("id", "signin-error").text,
@@ -305,21 +328,21 @@ def test_sign_in_and_watch_cards_wait_run_and_finish_and_cancel_one(browser, mak
     # the filter shows one status only
     from selenium.webdriver.support.ui import Select
     Select(driver.find_element("id", "filter")).select_by_value("failure")
-    page_wait(driver, lambda d: [r.get_attribute("data-task") for r in d.find_elements(
-        "css selector", "li.job")] == [to_cancel], "only the cancelled card listed")
+    page_wait(driver, lambda d: [task for task, _, _ in listed(d)] == [to_cancel],
+              "only the cancelled card listed")
     Select(driver.find_element("id", "filter")).select_by_value("")
-    page_wait(driver, lambda d: [r.get_attribute("data-task") for r in d.find_elements(
-        "css selector", "li.job")] == [to_cancel, waiting, running], "newest first")
+    page_wait(driver, lambda d: [task for task, _, _ in listed(d)] == [
+        to_cancel, waiting, running], "all three, newest first")
     save_screenshot(driver, "status-page-desktop.png")
 
 
 @pytest.mark.slow
-def test_on_a_phone_a_failed_card_shows_why_and_retry_makes_it(make_service, fake_tts,
+def test_on_a_phone_a_failed_card_shows_why_and_retry_makes_it(local_service, fake_tts,
                                                                tmp_path):
     """At a phone's size (390x844): no sideways scrolling, buttons big enough to tap, a
     card that Google refused shows the refusal, and Retry, once the key works, makes it."""
     chromium(), chromedriver()
-    service = make_service(ANKISYNC_SYNC_ENDPOINT=None)
+    service = local_service()
     driver = start_chromium(tmp_path / "profile", size=PHONE)
     try:
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
@@ -376,9 +399,8 @@ def test_a_card_added_from_the_form_reaches_the_sync_server(browser, make_servic
     driver.find_element("css selector", "#card-form button[type=submit]").click()
     page_wait(driver, lambda d: "Added" in d.find_element("id", "card-result").text,
               "the card accepted")
-    task_id = page_wait(driver, lambda d: [r.get_attribute("data-task") for r in d.find_elements(
-        "css selector", "li.job") if r.find_element("css selector", ".word").text == "luminous"],
-        "the new card listed")[0]
+    task_id = page_wait(driver, lambda d: [task for task, word, _ in listed(d)
+                                           if word == "luminous"], "the new card listed")[0]
     done = wait_shown(driver, task_id, "done")
     page_wait(driver, lambda d: "synced" in row(d, task_id).find_element(
         "css selector", ".times").text.split(" · "), "the card synced")
@@ -408,10 +430,10 @@ def test_a_card_added_from_the_form_reaches_the_sync_server(browser, make_servic
 
 
 @pytest.mark.slow
-def test_a_word_with_markup_is_shown_as_text(browser, make_service):
+def test_a_word_with_markup_is_shown_as_text(browser, local_service):
     """A card's fields are HTML to Anki (the API escapes what it is sent): the page shows
     their text. A word that would run script if the page used innerHTML shows as text."""
-    service = make_service(ANKISYNC_SYNC_ENDPOINT=None)
+    service = local_service()
     escaped = XSS_WORD.replace("<", "&lt;").replace(">", "&gt;")
     task_id = post(service, 1, word=escaped)
     status, body = service.post_card(dict(card(2), word=XSS_WORD))
@@ -438,10 +460,10 @@ def test_a_word_with_markup_is_shown_as_text(browser, make_service):
 
 
 @pytest.mark.slow
-def test_an_expired_session_asks_to_sign_in_again(browser, make_service):
+def test_an_expired_session_asks_to_sign_in_again(browser, local_service):
     """The access token is renewed with the refresh token; when both are gone (the key
     was replaced with `./run.sh api-key`), the page asks to sign in again."""
-    service = make_service(ANKISYNC_SYNC_ENDPOINT=None)
+    service = local_service()
     driver = browser
     signed_in(driver, service)
     old = driver.execute_script("return sessionStorage.getItem('ankisync.access')")
