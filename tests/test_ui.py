@@ -225,6 +225,7 @@ def test_an_unchanged_file_is_a_304(quiet):
     assert raw(service, "/ui/app.js", {"If-None-Match": '"other"'})[0] == 200
 
 
+@pytest.mark.slow  # a restart
 def test_daily_stats_count_cards_and_failures_and_survive_the_purge(make_service, fake_tts,
                                                                     account):
     """Cards made and failures per day, from the job table; a cancelled card is no failure;
