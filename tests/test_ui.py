@@ -487,3 +487,36 @@ def test_the_ui_folder_holds_only_the_files_served():
     import statuspage
     assert {path.name for path in (ROOT / "ui").iterdir()} == set(statuspage.FILES)
 
+
+
+def health_polls(driver):
+    """Start times (ms since the page loaded) of the page's GET /api/v1/health requests."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(r => r.name.includes('/api/v1/health')).map(r => r.startTime)")
+
+
+@pytest.mark.slow
+def test_a_hidden_tab_does_not_poll_and_polls_again_when_shown(browser, local_service):
+    """While another tab is in front, the page asks the server nothing; shown again, it
+    refreshes at once. The other tab, signed in on its own, polls meanwhile: its third
+    poll is the proof that time passed (no fixed sleep)."""
+    service = local_service()
+    driver = browser
+    signed_in(driver, service)
+    first = driver.current_window_handle
+    # the event's own time: the page's handler, which runs first, may start a poll at once
+    driver.execute_script("window.seen = []; document.addEventListener('visibilitychange',"
+                          " event => seen.push([document.visibilityState, event.timeStamp]))")
+    driver.switch_to.new_window("tab")
+    signed_in(driver, service)  # sessionStorage is per tab: this one signs in by itself
+    page_wait(driver, lambda d: len(health_polls(d)) >= 3, "three polls in the tab in front")
+    driver.switch_to.window(first)
+    seen = page_wait(driver, lambda d: len(d.execute_script("return seen")) >= 2 and
+                     d.execute_script("return seen"), "hidden, then shown again")
+    assert [state for state, _ in seen[:2]] == ["hidden", "visible"], seen
+    hidden_at, shown_at = seen[0][1], seen[1][1]
+    page_wait(driver, lambda d: any(start >= shown_at for start in health_polls(d)),
+              "a poll once shown again")
+    assert not [start for start in health_polls(driver) if hidden_at < start < shown_at], (
+        seen, health_polls(driver))
