@@ -3,8 +3,9 @@
 One install (through `./run.sh`, as every bench here) with `--cards` cards made
 and synced, so the page shows a full list and a chart. Chromium (Debian's
 `chromium` with `chromium-driver`, through selenium, as tests/test_ui.py) signs in
-once, then each run loads /ui/ cold (cache off, a new tab) and reads the browser's
-own Resource Timing and a mark the page sets when its first data is on screen:
+once at a phone's size, then reloads /ui/ with the cache off (the tokens stay in the
+tab) and reads the browser's own Resource Timing and a mark the page sets when its
+first data is on screen:
 
 - `ui-weight`: bytes transferred (headers included) for the page's files
   (index.html, app.js, style.css) and for its first round of API calls;
