@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from anki_server import download_collection, notes_in
+from anki_server import SyncServer, download_collection, notes_in
 from browser import chromium
 from conftest import GOOGLE_KEY
 from helpers import card, wait_until
@@ -520,3 +520,45 @@ def test_a_hidden_tab_does_not_poll_and_polls_again_when_shown(browser, local_se
               "a poll once shown again")
     assert not [start for start in health_polls(driver) if hidden_at < start < shown_at], (
         seen, health_polls(driver))
+
+
+@pytest.mark.slow
+def test_a_refused_sync_login_says_what_to_do_and_retry_fixes_the_card(browser, fake_tts,
+                                                                        tmp_path):
+    """The sync server's password changed (or the session expired): the page shows the
+    failing sync with `./run.sh login USERNAME`, and the failed card; after the login,
+    Retry takes the card to the server."""
+    with SyncServer(tmp_path / "own-sync", users={"me": "pass"}) as own:
+        service = Service(tmp_path / "svc", ANKISYNC_SYNC_ENDPOINT=own.url,
+                          ANKISYNC_GOOGLE_API_KEY=GOOGLE_KEY,
+                          ANKISYNC_GOOGLE_TTS_ENDPOINT=fake_tts.url)
+        try:
+            service.start()
+            service.sync_login("me")
+            first = post(service, 1)
+            assert service.wait(first)[0]["result"]["synced"]
+            own.stop()
+            own.users = {"me": "changed"}  # the session made with "pass" is refused now
+            own.start()
+            failed = post(service, 2)
+            job = service.wait(failed)[0]
+            assert job["status"] == "failure" and job["error"]["type"] == "SyncAuthError", job
+
+            driver = browser
+            signed_in(driver, service)
+            page_wait(driver, lambda d: d.find_element("id", "sync").text == "failing",
+                      "the sync shown failing")
+            assert driver.find_element("id", "sync-error").text.startswith("SyncAuthError")
+            assert "./run.sh login USERNAME" in driver.find_element("id", "sync-hint").text
+            assert "bad" in driver.find_element("id", "sync-panel").get_attribute("class")
+            shown = wait_shown(driver, failed, "failed")
+            assert "SyncAuthError" in shown.find_element("css selector", ".error").text
+
+            service.sync_login("me", "changed")  # what the page told the user to do
+            shown.find_element("css selector", ".retry").click()
+            wait_shown(driver, failed, "done")
+            page_wait(driver, lambda d: not d.find_element("id", "sync-error").is_displayed(),
+                      "the sync error gone")
+            assert service.job(failed)["result"]["synced"]
+        finally:
+            service.kill()
