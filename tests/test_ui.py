@@ -295,7 +295,8 @@ def test_sign_in_and_watch_cards_wait_run_and_finish_and_cancel_one(browser, loc
     stored = driver.execute_script(
         "return [Object.keys(sessionStorage).sort(), localStorage.length, document.cookie,"
         " document.getElementById('key').value]")
-    assert stored == [["ankisync.access", "ankisync.refresh"], 0, "", ""], stored
+    assert stored == [["ankisync.access", "ankisync.refresh", "ankisync.renewAt"], 0, "", ""], (
+        stored)
     assert driver.find_element("id", "voice").text == "en-US-Wavenet-D"
     assert "no sync login" in driver.find_element("id", "sync-hint").text.lower()
 
@@ -468,12 +469,19 @@ def test_an_expired_session_asks_to_sign_in_again(browser, local_service):
     driver = browser
     signed_in(driver, service)
     old = driver.execute_script("return sessionStorage.getItem('ankisync.access')")
-    # an access token the server refuses: the page renews it and carries on
+    # an access token the server refuses (401): the page renews it and carries on
     driver.execute_script("sessionStorage.setItem('ankisync.access', 'x.e30.y')")
     page_wait(driver, lambda d: d.execute_script(
         "return sessionStorage.getItem('ankisync.access')") not in ("x.e30.y", old),
         "the access token renewed")
     assert driver.find_element("id", "app").is_displayed()
+    # a token near its end (by its own lifetime, not the device's clock) is renewed first
+    current = driver.execute_script("sessionStorage.setItem('ankisync.renewAt', '0');"
+                                    " return sessionStorage.getItem('ankisync.access')")
+    page_wait(driver, lambda d: d.execute_script(
+        "return sessionStorage.getItem('ankisync.access') !== arguments[0]"
+        " && Number(sessionStorage.getItem('ankisync.renewAt')) > Date.now() + 3000000",
+        current), "the access token renewed ahead of its end")
     result = service.cli("api-key")  # a new key and token secret: every token stops working
     assert result.returncode == 0, result.stderr
     page_wait(driver, lambda d: d.find_element("id", "signin").is_displayed(),

@@ -15,21 +15,27 @@ const $ = (id) => document.getElementById(id);
 const tokens = {
   get access() { return sessionStorage.getItem("ankisync.access"); },
   get refresh() { return sessionStorage.getItem("ankisync.refresh"); },
+  // when to renew the access token, by this device's clock (ms)
+  get renewAt() { return Number(sessionStorage.getItem("ankisync.renewAt")) || 0; },
   set(pair) {
     sessionStorage.setItem("ankisync.access", pair.accessToken);
     sessionStorage.setItem("ankisync.refresh", pair.refreshToken);
+    sessionStorage.setItem("ankisync.renewAt", String(Date.now() + lifetime(pair.accessToken)));
   },
   clear() {
-    sessionStorage.removeItem("ankisync.access");
-    sessionStorage.removeItem("ankisync.refresh");
+    for (const name of ["access", "refresh", "renewAt"]) {
+      sessionStorage.removeItem(`ankisync.${name}`);
+    }
   },
 };
 
-function expiresAt(token) {
-  // seconds since the epoch from the JWT's payload; 0 when it cannot be read
+function lifetime(token) {
+  // ms the token is good for, a minute early, from its own exp - iat: a phone whose
+  // clock is off still renews on time; 0 when the token cannot be read
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    return JSON.parse(atob(part)).exp || 0;
+    const claims = JSON.parse(atob(part));
+    return Math.max(0, (claims.exp - claims.iat - 60) * 1000) || 0;
   } catch (error) {
     return 0;
   }
@@ -65,7 +71,7 @@ async function api(method, path, body) {
   // One API call with the access token, renewed first when it is about to expire
   // and once more on a 401. {status, body}; throws SignedOut when no token works.
   if (!tokens.access) throw new SignedOut("please sign in");
-  if (expiresAt(tokens.access) - Date.now() / 1000 < 60) await renew();
+  if (Date.now() >= tokens.renewAt) await renew();
   for (let attempt = 0; ; attempt++) {
     const options = {method, headers: {"x-access-token": tokens.access}, credentials: "omit",
                      cache: "no-store"};
