@@ -337,11 +337,11 @@ def purge(path, ttl):
     A note not yet synced keeps its job: it is what re-applies the note if a
     full download ever replaces the local collection.
     """
+    old, before = ("completed_at < ? AND (status = 'failure' AND added_at IS NULL"
+                   " OR synced_at IS NOT NULL)"), time.time() - ttl
     with db.write(path) as conn:
-        old = ("completed_at < ? AND (status = 'failure' AND added_at IS NULL"
-               " OR synced_at IS NOT NULL)")
-        fold_into_hours(conn, old, time.time() - ttl)
-        cursor = conn.execute(f"DELETE FROM ankisync_jobs WHERE {old}", (time.time() - ttl,))
+        fold_into_hours(conn, old, before)  # the chart keeps counting them
+        cursor = conn.execute(f"DELETE FROM ankisync_jobs WHERE {old}", (before,))
     return cursor.rowcount
 
 
