@@ -29,6 +29,7 @@ import huey_tasks
 import jobs
 import notes
 import openapi
+import statuspage
 import throttle
 from cli import MAX_BODY
 from health import service_status
@@ -426,7 +427,7 @@ def task_list():
         find_job(before)
     found = jobs.recent(db_path(), status, limit + 1, before)
     page = found[:limit]
-    return {"tasks": [jobs.status_body(job) for job in page],
+    return {"tasks": [{**jobs.status_body(job), **jobs.summary(job)} for job in page],
             "next": page[-1]["id"] if len(found) > limit else None}
 
 
@@ -456,6 +457,40 @@ def task_cancel(job_id):
         raise ApiError(409, f"task {job_id} is {job['status']}: only a task that has not"
                             " started can be cancelled")
     return jobs.status_body(jobs.get(db_path(), job_id))
+
+
+@app.get("/api/v1/stats/daily")
+def daily_stats():
+    """Cards made and jobs failed per day, oldest first: the status page's chart."""
+    access_claims()
+    query = bottle.request.query
+    days = whole_number(query, "days", 30, 1, 366)
+    offset = whole_number(query, "utcOffset", 0, -720, 840)
+    return {"days": jobs.daily(db_path(), days, offset * 60), "utcOffset": offset}
+
+
+def whole_number(query, name, default, lowest, highest):
+    """A whole number query parameter within bounds, or 400 naming it; empty is absent."""
+    text = query.get(name) or str(default)
+    if not re.fullmatch(r"-?[0-9]{1,6}", text) or not lowest <= int(text) <= highest:
+        raise ApiError(400, f"{name} must be a whole number from {lowest} to {highest}")
+    return int(text)
+
+
+@app.get("/ui")
+def status_page_folder():
+    raise bottle.HTTPResponse(status=301, headers={"Location": "ui/"})  # relative: proxies
+
+
+@app.get("/ui/")
+@app.get("/ui/<name>")
+def status_page(name="index.html"):
+    """The status page's files (statuspage.py): no token needed, no data in them."""
+    found = statuspage.asset(name, bottle.request.headers.get("If-None-Match"))
+    if found is None:
+        raise ApiError(404, f"no such file of the status page: {name!r} (open /ui/)")
+    status, headers, body = found
+    raise bottle.HTTPResponse(body, status=status, headers=headers)
 
 
 @app.get("/api/v1/openapi.json")

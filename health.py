@@ -48,7 +48,14 @@ def service_status(current):
         "sync": sync_status(current, stored),
         "tts": tts.choose(current.tts, current.google_api_key
                           or stored.get("google_api_key")) or "none",
+        "voice": voice_in_use(current, stored),
     }
+
+
+def voice_in_use(current, stored):
+    """The voice new cards are spoken in, or None when they get no audio."""
+    provider = tts.choose(current.tts, current.google_api_key or stored.get("google_api_key"))
+    return {"google": current.tts_voice, "espeak": current.espeak_voice}.get(provider)
 
 
 def ankiconnect_status(current, pid):

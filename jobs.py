@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS ankisync_jobs (
 CREATE INDEX IF NOT EXISTS ankisync_jobs_status ON ankisync_jobs (status, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS ankisync_jobs_idempotency
     ON ankisync_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ankisync_hourly ( -- what purged jobs counted, for the daily chart
+    hour INTEGER PRIMARY KEY,        -- hours since the epoch (UTC) when they finished
+    cards INTEGER NOT NULL,          -- successes
+    failures INTEGER NOT NULL        -- failures, cancelled ones aside
+);
 """
 
 UNFINISHED = ("pending", "started", "retrying")
@@ -332,11 +337,11 @@ def purge(path, ttl):
     A note not yet synced keeps its job: it is what re-applies the note if a
     full download ever replaces the local collection.
     """
+    old, before = ("completed_at < ? AND (status = 'failure' AND added_at IS NULL"
+                   " OR synced_at IS NOT NULL)"), time.time() - ttl
     with db.write(path) as conn:
-        cursor = conn.execute(
-            "DELETE FROM ankisync_jobs WHERE completed_at < ?"
-            " AND (status = 'failure' AND added_at IS NULL OR synced_at IS NOT NULL)",
-            (time.time() - ttl,))
+        fold_into_hours(conn, old, before)  # the chart keeps counting them
+        cursor = conn.execute(f"DELETE FROM ankisync_jobs WHERE {old}", (before,))
     return cursor.rowcount
 
 
@@ -345,6 +350,17 @@ def iso(timestamp):
     if timestamp is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def summary(job):
+    """What the job was asked to make, for a person's list: its kind, word and sentence."""
+    request = json.loads(job["request"])
+    if job["kind"] == "cloze":
+        return {"kind": "cloze", "word": request.get("word", ""),
+                "sentence": request.get("englishExample", "")}
+    values = [value for value in request.get("fields", {}).values() if isinstance(value, str)]
+    return {"kind": job["kind"], "word": values[0] if values else "",
+            "sentence": values[1] if len(values) > 1 else ""}
 
 
 def status_body(job):
@@ -364,3 +380,48 @@ def status_body(job):
         "result": result if job["status"] == "success" else None,
         "error": json.loads(job["error"]) if job["error"] else None,
     }
+
+
+# A failed job counts as a failure in the chart unless a client cancelled it (see cancel).
+FAILED = "status = 'failure' AND coalesce(error, '') NOT LIKE '{\"type\": \"Cancelled\"%'"
+KEEP_HOURS = 400 * 24  # purged jobs' counts older than this are dropped
+
+
+def fold_into_hours(conn, where, *args):
+    """Add the finished jobs matching `where` to the hourly counts (before they are purged)."""
+    conn.execute(
+        "INSERT INTO ankisync_hourly (hour, cards, failures)"
+        f" SELECT CAST(completed_at / 3600 AS INTEGER) AS h, sum(status = 'success'),"
+        f" sum({FAILED}) FROM ankisync_jobs WHERE {where} GROUP BY h"
+        " ON CONFLICT (hour) DO UPDATE SET cards = cards + excluded.cards,"
+        " failures = failures + excluded.failures", args)
+    conn.execute("DELETE FROM ankisync_hourly WHERE hour < ?",
+                 (int(time.time() // 3600) - KEEP_HOURS,))
+
+
+def daily(path, days, offset, now=None):
+    """Cards made and jobs failed on each of the last `days` days, oldest first.
+
+    Days are local to a clock `offset` seconds east of UTC. Jobs still in the
+    table are counted exactly; purged ones by the hour they finished in.
+    """
+    now = time.time() if now is None else now
+    first = ((now + offset) // 86400 - days + 1) * 86400 - offset  # UTC start of day one
+    counts = [[0, 0] for _ in range(days)]
+    conn = db.connect(path)
+    live = conn.execute(
+        f"SELECT CAST((completed_at - :first) / 86400 AS INTEGER) AS day,"
+        f" sum(status = 'success'), sum({FAILED}) FROM ankisync_jobs"
+        " WHERE completed_at >= :first GROUP BY day", {"first": first})
+    purged = conn.execute(
+        "SELECT CAST((hour * 3600 - :first) / 86400 AS INTEGER) AS day, sum(cards),"
+        " sum(failures) FROM ankisync_hourly WHERE hour >= CAST(:first / 3600 AS INTEGER)"
+        " GROUP BY day",
+        {"first": first})
+    for day, cards, failures in [*live, *purged]:
+        if 0 <= day < days:
+            counts[day][0] += cards
+            counts[day][1] += failures
+    return [{"date": time.strftime("%Y-%m-%d", time.gmtime(first + offset + 86400 * day)),
+             "cards": cards, "failures": failures}
+            for day, (cards, failures) in enumerate(counts)]

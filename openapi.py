@@ -154,7 +154,13 @@ def schemas(card_fields):
                    "properties": {"accessToken": {"type": "string", "description": "JWT"},
                                   "refreshToken": {"type": "string", "description": "JWT"}}},
         "TaskList": {"type": "object", "required": ["tasks", "next"],
-                     "properties": {"tasks": {"type": "array", "items": _ref("JobStatus")},
+                     "properties": {"tasks": {"type": "array", "items": {"allOf": [
+                         _ref("JobStatus"),
+                         {"type": "object", "required": ["kind", "word", "sentence"],
+                          "properties": {"kind": {"type": "string",
+                                                  "description": "cloze, or ankiconnect"},
+                                         "word": {"type": "string"},
+                                         "sentence": {"type": "string"}}}]}},
                                     "next": {**TASK_ID, "nullable": True,
                                              "description": "pass as ?before= for the next page"}}},
         "Health": {
@@ -171,7 +177,19 @@ def schemas(card_fields):
                     "lastOutcome": {"type": "string", "nullable": True},
                     "lastError": {"type": "string", "nullable": True}}},
                 "tts": {"type": "string"},
+                "voice": {"type": "string", "nullable": True,
+                          "description": "the voice new cards are spoken in; null: no audio"},
             }},
+        "DailyStats": {
+            "type": "object", "required": ["days", "utcOffset"],
+            "properties": {
+                "utcOffset": {"type": "integer"},
+                "days": {"type": "array", "description": "oldest first, today last",
+                         "items": {"type": "object", "required": ["date", "cards", "failures"],
+                                   "properties": {"date": {"type": "string", "format": "date"},
+                                                  "cards": {"type": "integer", "minimum": 0},
+                                                  "failures": {"type": "integer",
+                                                               "minimum": 0}}}}}},
     }
 
 
@@ -282,12 +300,55 @@ def operations(max_body):
                                         "cancelled: status failure, error type Cancelled"),
                            **AUTH, **UNKNOWN_TASK,
                            "409": _error("the task has started or finished")}}},
+        "/api/v1/stats/daily": {"get": {
+            "operationId": "dailyStats",
+            "summary": "cards made and tasks failed per day (cancelled ones aside)",
+            "security": secured,
+            "parameters": [
+                {"name": "days", "in": "query", **EMPTY_IS_ABSENT,
+                 "description": "how many days, today included; empty: 30",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 366, "default": 30}},
+                {"name": "utcOffset", "in": "query", **EMPTY_IS_ABSENT,
+                 "description": "minutes the days' clock is east of UTC; empty: 0 (UTC)",
+                 "schema": {"type": "integer", "minimum": -720, "maximum": 840, "default": 0}}],
+            "responses": {"200": _json(_ref("DailyStats"), "one entry per day"),
+                          "400": _error("bad days or utcOffset"), **AUTH}}},
+        **status_page(),
         "/api/v1/tasks/{taskId}/retry": {
             "parameters": [task],
             "post": {"operationId": "retryTask", "summary": "run a failed task again",
                      "security": secured,
                      "responses": {"202": _json(_ref("JobStatus"), "queued again"), **AUTH,
                                    **UNKNOWN_TASK, "409": _error("the task has not failed")}}},
+    }
+
+
+def status_page():
+    """The status page's routes (statuspage.py): files for a browser, not JSON."""
+    files = {kind: {"schema": {"type": "string"}}
+             for kind in ("text/html", "text/javascript", "text/css")}
+    unchanged = {"description": "If-None-Match named this version (its ETag)"}
+    page = {"200": {"description": "the page", "content": {"text/html": files["text/html"]}},
+            "304": unchanged}
+    return {
+        "/ui": {"get": {"operationId": "statusPageFolder", "summary": "to /ui/",
+                        "security": [],
+                        "responses": {"301": {"description": "the page is at /ui/",
+                                              "headers": {"Location": {
+                                                  "required": True,
+                                                  "schema": {"type": "string"}}}}}}},
+        "/ui/": {"get": {"operationId": "statusPage", "security": [],
+                         "summary": "the status page (it signs in with the API key)",
+                         "responses": page}},
+        "/ui/{name}": {"get": {
+            "operationId": "statusPageFile", "summary": "a file of the status page",
+            "security": [],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "description": "index.html, app.js or style.css",
+                            "schema": {"type": "string", "pattern": "^[^/]+$"}}],
+            "responses": {"200": {"description": "the file", "content": files},
+                          "304": unchanged,
+                          "404": _error("not a file of the status page")}}},
     }
 
 
