@@ -27,6 +27,7 @@ from huey.storage import SqliteStorage
 import config
 import db
 import jobs
+import notify
 import tts
 from errors import (AnkisyncError, PermanentError, SyncTimedOut, TaskTimedOut,
                     TransientError, WorkerTrouble)
@@ -97,7 +98,7 @@ class Queue(SqliteHuey):
     were last purged.
     """
 
-    settings = worker = ankiconnect = None
+    settings = worker = ankiconnect = notifier = None
     last_purge = float("-inf")
 
 
@@ -290,15 +291,20 @@ def settle(job, error):
         make_card.schedule((job_id,), delay=delay, id=job_id)
     elif isinstance(error, TransientError):
         log.warning("job %s: giving up after %s attempts: %s", job_id, attempts, error)
-        jobs.mark_failure(path, job_id, kind,
-                          f"{error} (gave up after {attempts} attempts)")
+        failed(job, kind, f"{error} (gave up after {attempts} attempts)")
     elif isinstance(error, PermanentError):
         log.warning("job %s: failed: %s", job_id, error)
-        jobs.mark_failure(path, job_id, kind, str(error))
+        failed(job, kind, str(error))
     else:
         log.error("job %s: unexpected error", job_id, exc_info=error)
-        jobs.mark_failure(path, job_id, "InternalError",
-                          "the worker hit an unexpected error; its log has the details")
+        failed(job, "InternalError", "the worker hit an unexpected error; its log has the details")
+
+
+def failed(job, error_type, message):
+    """The job failed for good: recorded, then the user alerted (notify.py; never waited for)."""
+    jobs.mark_failure(_db(), job["id"], error_type, message)
+    if huey.notifier is not None:
+        huey.notifier.job_failed(job, error_type, message)
 
 
 @huey.task()  # its timeout is set by init()
@@ -325,7 +331,9 @@ def start_worker():
     """
     import ankiconnect  # worker-only, as worker: they bring anki
     import worker
-    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd})
+    huey.notifier = notify.Notifier(huey.settings)
+    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd},
+                                notifier=huey.notifier)
     recover()
     purge_finished()
     if huey.settings.ankiconnect_listen:
@@ -341,6 +349,8 @@ def close_collection():
         huey.ankiconnect = None
     if huey.worker is not None:
         huey.worker.close()
+    if huey.notifier is not None:
+        huey.notifier.close()
 
 
 def queue_sync():

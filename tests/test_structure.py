@@ -21,6 +21,8 @@ LAZY_ALLOWED = {
     ("cli", "ankiweb"): "worker-only (brings anki): only `login` needs it",
     ("cli", "waitress"): "the web server, only for `serve`: the other commands start without it",
     ("tts", "requests"): "comes with the Google client, needed only where it is used",
+    ("notify", "apprise"): "worker and CLI only: huey_tasks (which the web process imports)"
+                           " imports notify, and apprise loads dozens of plugins",
 }
 # sys.modules touched on purpose (never to look a module up), with the reason.
 SYS_MODULES_ALLOWED = {
