@@ -198,6 +198,9 @@ class Worker:
                 if not isinstance(outcome[job_id], Exception):
                     log.info("job %s: %s in %.2fs", job_id,
                              "spoken" if outcome[job_id] else "no voice, no audio", took)
+            jobs.mark_spoken(self.db, {job_id: took for job_id in new.keys() - made.keys()
+                                       if outcome[job_id]
+                                       and not isinstance(outcome[job_id], Exception)})
             more = claim_more()
         return cards, outcome
 
