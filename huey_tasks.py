@@ -113,7 +113,7 @@ def init(settings):
     huey.settings = settings
     huey.storage.filename = str(config.db_path(settings))
     huey.storage.disk = db.DiskGuard(settings.data_dir, on_room=recover)
-    for task in (make_card, sync_now):
+    for task in (make_card, sync_now, periodic_sync):
         task.task_class.default_timeout = settings.task_timeout
     huey.storage.initialize_schema()
 
@@ -322,6 +322,36 @@ def sync_now():
         huey.worker.drop_collection()
 
 
+PERIODIC_SYNC = "periodic-sync"  # the id of the one periodic sync waiting in Huey's schedule
+
+
+@huey.task()  # its timeout is set by init()
+def periodic_sync():
+    """Pull what other devices synced (ANKISYNC_SYNC_INTERVAL), then come again after it.
+
+    So AnkiConnect's duplicate checks see the cards added on the phone. One such
+    task waits in Huey's schedule at a time, under a fixed id: made at the worker's
+    start, then by each run. With the setting off none is ever made, and an idle
+    service writes nothing.
+    """
+    if not huey.settings.sync_interval:  # turned off since it was scheduled
+        return
+    try:
+        sync_now.call_local()
+    finally:
+        schedule_periodic_sync()
+
+
+def schedule_periodic_sync():
+    """Schedule the next periodic sync, unless the setting is off or one is waiting."""
+    interval = huey.settings.sync_interval
+    if not interval:
+        return
+    if any(task.id == PERIODIC_SYNC for task in huey.scheduled() + huey.pending()):
+        return  # a restarted worker finds the one an earlier worker scheduled
+    periodic_sync.schedule(delay=interval, id=PERIODIC_SYNC)
+
+
 @huey.on_startup()
 def start_worker():
     """A new worker process makes its Worker, recovers lost jobs, serves AnkiConnect.
@@ -336,6 +366,7 @@ def start_worker():
                                 notifier=huey.notifier)
     recover()
     purge_finished()
+    schedule_periodic_sync()
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.
         huey.ankiconnect = ankiconnect.start(huey.worker, queue_sync)
