@@ -133,3 +133,27 @@ def test_without_a_key_the_lan_is_told_to_set_one(make_service):
     service = make_service(ANKISYNC_METRICS="on")
     status, body = from_the_lan(service, {"HTTP_AUTHORIZATION": "Bearer anything-at-all"})
     assert status == 401 and "set ANKISYNC_METRICS_KEY first" in body
+
+
+def test_with_the_worker_down_the_web_process_says_so(make_service):
+    """The API alone (its worker never started): the figures still come from the data dir."""
+    service = make_service(start=False, ANKISYNC_METRICS="on")
+    web = subprocess.Popen([sys.executable, str(ROOT / "ankisync.py"), "serve"], cwd=ROOT,
+                           env=service.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        def up():
+            try:
+                return request("GET", service.url + "/")[0] == 200
+            except OSError:
+                return False
+        wait_until(up, "the API to listen", timeout=60)
+        samples = scrape(service)
+        assert samples["ankisync_worker_up", ()] == 0
+        assert samples["ankisync_queue_depth", ()] == 0
+        assert not any(name == "ankisync_last_sync_success_timestamp_seconds"
+                       for name, _ in samples)  # never synced: absent, not zero
+        assert histogram(samples, "ankisync_job_duration_seconds")["count"] == 0
+    finally:
+        web.kill()
+        web.wait()
