@@ -8,6 +8,7 @@ google.cloud, so it stays small and starts fast.
 """
 
 import functools
+import hmac
 import json
 import logging
 import os
@@ -497,6 +498,39 @@ def status_page(name="index.html"):
 def openapi_document():
     """The OpenAPI 3 description of this API (openapi.py), no auth needed."""
     return openapi.document(CARD_FIELDS, MAX_BODY)
+
+
+@app.get("/metrics")
+def metrics_page():
+    """Prometheus metrics, when ANKISYNC_METRICS=on (metrics.py)."""
+    if not settings().metrics:
+        raise ApiError(404, "no such route: /metrics (metrics are off: set ANKISYNC_METRICS=on"
+                            " in data/.env and restart)")
+    check_metrics_access()
+    import metrics  # only with metrics on: prometheus_client costs the web process a few MB
+    bottle.response.content_type = metrics.CONTENT_TYPE
+    return metrics.render(settings())
+
+
+def check_metrics_access():
+    """Any program on this machine; from others, the metrics key or an API access token.
+    Never a web page: Prometheus sends no Origin, a browser's cross-site fetch does."""
+    headers = bottle.request.headers
+    if headers.get("Origin"):
+        raise ApiError(403, "/metrics is read by Prometheus, not by web pages")
+    if config.is_loopback(bottle.request.environ.get("REMOTE_ADDR", "").removeprefix("::ffff:")):
+        return
+    key, bearer = settings().metrics_key, headers.get("Authorization", "")
+    if key and bearer.lower().startswith("bearer ") and hmac.compare_digest(
+            bearer[7:].strip().encode(), key.encode()):
+        return
+    try:
+        access_claims()
+    except ApiError:
+        raise ApiError(401, "/metrics from another machine needs the header Authorization:"
+                            " Bearer <ANKISYNC_METRICS_KEY>" + ("" if key else
+                            " (set ANKISYNC_METRICS_KEY first)") + ", or an API access token"
+                       ) from None
 
 
 for _rule in sorted({route.rule for route in app.routes if route.rule.startswith("/api/v1/")}):

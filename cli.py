@@ -24,6 +24,7 @@ import credentials
 import db
 import huey_tasks
 import jobs
+import notify
 import tts
 from errors import AlreadyRunning, AnkisyncError, ConfigError, DamagedFile
 from health import service_status
@@ -179,6 +180,7 @@ def run_worker(args):
         " the last sync are added again from the job table. Without a sync login, put back"
         " collection.anki2 from your backup instead (README: Backup and restore)"))
     huey_tasks.init(current)
+    notify.check(current.notify)
     for line in config.describe(current, voice(current)):
         log.info("%s", line)
     pid_path = config.worker_pid_path(current)
@@ -270,6 +272,26 @@ def status_command(args):
     ]
     print("\n".join(lines))
     return 0 if info["worker"]["alive"] else 1
+
+
+def notify_test_command(args):
+    """Send a test message to each ANKISYNC_NOTIFY URL; exit status 1 unless all took it."""
+    urls = settings().notify
+    if not urls:
+        raise ConfigError("ANKISYNC_NOTIFY is empty: set it (in data/.env, or"
+                          " ANKISYNC_NOTIFY_FILE) to one or more Apprise URLs, such as"
+                          " ntfy://ntfy.sh/YOUR-TOPIC, then run ./run.sh notify-test again")
+    notify.check(urls)
+    outcome = notify.send(urls, "ankisync: test message",
+                          "This is a test from `./run.sh notify-test`: ankisync's alerts reach"
+                          " you here.")
+    for number, why in enumerate(outcome, 1):
+        print(f"{notify.shown(urls, number)}: sent" if why is None else f"NOT SENT: {why}")
+    if any(outcome):
+        log.error("%s of %s notification URLs did not take the test message: check them in"
+                  " ANKISYNC_NOTIFY", sum(1 for why in outcome if why), len(urls))
+        return 1
+    return 0
 
 
 def ask(prompt, secret=False):
@@ -398,6 +420,8 @@ def parse_args(argv, app):
     status_parser = commands.add_parser("status", help="worker, queue, jobs, last sync")
     status_parser.add_argument("--json", action="store_true", help="for scripts")
     status_parser.set_defaults(run=status_command)
+    commands.add_parser("notify-test", help="send a test alert to ANKISYNC_NOTIFY").set_defaults(
+        run=notify_test_command)
     return parser.parse_args(argv)
 
 

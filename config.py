@@ -127,6 +127,28 @@ def _name(value):
     return value
 
 
+def _notify_urls(value):
+    """Apprise notification URLs, separated by spaces or newlines (commas belong to URLs)."""
+    urls = value.split()
+    for number, url in enumerate(urls, 1):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", url):
+            # the URL itself is not shown: it may hold a token
+            raise ValueError(f"URL {number} is not an Apprise URL such as ntfy://ntfy.sh/TOPIC"
+                             " or json://host/path (several separated by spaces)")
+    return tuple(urls)
+
+
+def _on_off(value):
+    value = value.lower()
+    if value not in ("on", "off"):
+        raise ValueError("expected on or off")
+    return value == "on"
+
+
+def _interval(value):
+    return _seconds(value) if value and value != "0" else None
+
+
 def _key_file(value):
     if value and not os.path.isfile(value):
         raise ValueError("no such file: give the path of a Google service account key (JSON)")
@@ -175,12 +197,27 @@ SETTINGS = [
      "seconds one AnkiConnect media download may take in all"),
     ("ANKISYNC_ANKICONNECT_PROFILE", "User 1", _name,
      "the profile name AnkiConnect answers (getProfiles, loadProfile, notesInfo)"),
+    ("ANKISYNC_NOTIFY", "", _notify_urls,
+     "Apprise URLs to alert when a person is needed, space-separated (empty: no alerts)"),
+    ("ANKISYNC_METRICS", "off", _on_off, "on: Prometheus metrics at /metrics"),
+    ("ANKISYNC_METRICS_KEY", "", _text,
+     "bearer token /metrics requires from other machines (empty: loopback only)"),
+    ("ANKISYNC_SYNC_INTERVAL", "", _interval,
+     "seconds between syncs that pull other devices' changes (empty: only when cards come)"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
     # Google's own name, read by its library from the environment: ankisync
     # reads it like the others and hands it on, so data/.env works too.
     ("GOOGLE_APPLICATION_CREDENTIALS", "", _key_file,
      "Google service account key file, instead of an API key"),
 ]
+
+
+# Settings that hold secrets: never shown, and may come from a NAME_FILE.
+SECRETS = {"ANKISYNC_NOTIFY"}
+
+
+def is_secret(name):
+    return "KEY" in name or name in SECRETS
 
 
 def _attribute(name):
@@ -224,7 +261,29 @@ def check(settings):
                 f" is too weak for ANKISYNC_ANKICONNECT_LISTEN={host}:{port}, which other"
                 f" machines reach: {weak_key(key)}. Make one with `openssl rand -base64 24`"
                 " and give the same key to your AnkiConnect clients")
+    check_observing(settings)
     return settings
+
+
+# AnkiWeb's terms discourage automated access: a periodic sync with it stays rare
+ANKIWEB_SYNC_INTERVAL = 600
+
+
+def check_observing(settings):
+    """The metrics key and the periodic sync, checked against the other settings."""
+    key = settings.metrics_key
+    if key and weak_key(key):
+        raise ConfigError(
+            f"ANKISYNC_METRICS_KEY from {settings.sources['ANKISYNC_METRICS_KEY']} is too weak"
+            f" for other machines to send: {weak_key(key)}. Make one with"
+            " `openssl rand -base64 24` and give it to Prometheus as its bearer token")
+    interval = settings.sync_interval
+    if interval and not settings.sync_endpoint and interval < ANKIWEB_SYNC_INTERVAL:
+        raise ConfigError(
+            f"ANKISYNC_SYNC_INTERVAL={interval:g} from {settings.sources['ANKISYNC_SYNC_INTERVAL']}"
+            f" would sync with AnkiWeb more than every {ANKIWEB_SYNC_INTERVAL} s, which its terms"
+            f" frown on: set at least {ANKIWEB_SYNC_INTERVAL}, or use your own sync server"
+            " (ANKISYNC_SYNC_ENDPOINT)")
 
 
 def read_env_file(path):
@@ -268,7 +327,7 @@ def load(environ=None):
     for name, default, parse, _ in SETTINGS:
         if name in environ:
             raw, source = environ[name], "environment"
-        elif "KEY" in name and environ.get(name + "_FILE"):  # a secret kept out of ps and env
+        elif is_secret(name) and environ.get(name + "_FILE"):  # a secret kept out of ps and env
             raw, source = _read_secret(environ[name + "_FILE"], name + "_FILE"), name + "_FILE"
         elif name in file_values:
             raw, source = file_values[name], str(env_file)
@@ -277,7 +336,7 @@ def load(environ=None):
         try:
             values[_attribute(name)] = parse(raw)
         except ValueError as error:
-            shown = "(hidden)" if "KEY" in name else repr(raw)
+            shown = "(hidden)" if is_secret(name) else repr(raw)
             raise ConfigError(f"{name}={shown} from {source}: {error}") from None
         sources[name] = source
     return check(Settings(**values, sources=sources))

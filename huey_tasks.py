@@ -27,6 +27,7 @@ from huey.storage import SqliteStorage
 import config
 import db
 import jobs
+import notify
 import tts
 from errors import (AnkisyncError, PermanentError, SyncTimedOut, TaskTimedOut,
                     TransientError, WorkerTrouble)
@@ -97,7 +98,7 @@ class Queue(SqliteHuey):
     were last purged.
     """
 
-    settings = worker = ankiconnect = None
+    settings = worker = ankiconnect = notifier = None
     last_purge = float("-inf")
 
 
@@ -112,7 +113,7 @@ def init(settings):
     huey.settings = settings
     huey.storage.filename = str(config.db_path(settings))
     huey.storage.disk = db.DiskGuard(settings.data_dir, on_room=recover)
-    for task in (make_card, sync_now):
+    for task in (make_card, sync_now, periodic_sync):
         task.task_class.default_timeout = settings.task_timeout
     huey.storage.initialize_schema()
 
@@ -290,15 +291,20 @@ def settle(job, error):
         make_card.schedule((job_id,), delay=delay, id=job_id)
     elif isinstance(error, TransientError):
         log.warning("job %s: giving up after %s attempts: %s", job_id, attempts, error)
-        jobs.mark_failure(path, job_id, kind,
-                          f"{error} (gave up after {attempts} attempts)")
+        failed(job, kind, f"{error} (gave up after {attempts} attempts)")
     elif isinstance(error, PermanentError):
         log.warning("job %s: failed: %s", job_id, error)
-        jobs.mark_failure(path, job_id, kind, str(error))
+        failed(job, kind, str(error))
     else:
         log.error("job %s: unexpected error", job_id, exc_info=error)
-        jobs.mark_failure(path, job_id, "InternalError",
-                          "the worker hit an unexpected error; its log has the details")
+        failed(job, "InternalError", "the worker hit an unexpected error; its log has the details")
+
+
+def failed(job, error_type, message):
+    """The job failed for good: recorded, then the user alerted (notify.py; never waited for)."""
+    jobs.mark_failure(_db(), job["id"], error_type, message)
+    if huey.notifier is not None:
+        huey.notifier.job_failed(job, error_type, message)
 
 
 @huey.task()  # its timeout is set by init()
@@ -316,6 +322,36 @@ def sync_now():
         huey.worker.drop_collection()
 
 
+PERIODIC_SYNC = "periodic-sync"  # the id of the one periodic sync waiting in Huey's schedule
+
+
+@huey.task()  # its timeout is set by init()
+def periodic_sync():
+    """Pull what other devices synced (ANKISYNC_SYNC_INTERVAL), then come again after it.
+
+    So AnkiConnect's duplicate checks see the cards added on the phone. One such
+    task waits in Huey's schedule at a time, under a fixed id: made at the worker's
+    start, then by each run. With the setting off none is ever made, and an idle
+    service writes nothing.
+    """
+    if not huey.settings.sync_interval:  # turned off since it was scheduled
+        return
+    try:
+        sync_now.call_local()
+    finally:
+        schedule_periodic_sync()
+
+
+def schedule_periodic_sync():
+    """Schedule the next periodic sync, unless the setting is off or one is waiting."""
+    interval = huey.settings.sync_interval
+    if not interval:
+        return
+    if any(task.id == PERIODIC_SYNC for task in huey.scheduled() + huey.pending()):
+        return  # a restarted worker finds the one an earlier worker scheduled
+    periodic_sync.schedule(delay=interval, id=PERIODIC_SYNC)
+
+
 @huey.on_startup()
 def start_worker():
     """A new worker process makes its Worker, recovers lost jobs, serves AnkiConnect.
@@ -325,9 +361,12 @@ def start_worker():
     """
     import ankiconnect  # worker-only, as worker: they bring anki
     import worker
-    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd})
+    huey.notifier = notify.Notifier(huey.settings)
+    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd},
+                                notifier=huey.notifier)
     recover()
     purge_finished()
+    schedule_periodic_sync()
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.
         huey.ankiconnect = ankiconnect.start(huey.worker, queue_sync)
@@ -341,6 +380,8 @@ def close_collection():
         huey.ankiconnect = None
     if huey.worker is not None:
         huey.worker.close()
+    if huey.notifier is not None:
+        huey.notifier.close()
 
 
 def queue_sync():

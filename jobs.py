@@ -11,6 +11,7 @@ import time
 import uuid
 
 import db
+import timings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ankisync_jobs (
@@ -32,7 +33,9 @@ CREATE TABLE IF NOT EXISTS ankisync_jobs (
     idempotency_key TEXT,            -- the client's Idempotency-Key header
     request_hash TEXT,               -- what that key was first sent with
     voice TEXT,                      -- JSON [provider, voice] its clips were first spoken in
-    deleted_at REAL                  -- when an AnkiConnect client deleted its note: never re-added
+    deleted_at REAL,                 -- when an AnkiConnect client deleted its note: never re-added
+    tts_seconds REAL,                -- how long speaking its batch took (timings.py)
+    sync_seconds REAL                -- how long the sync that carried its note took
 );
 CREATE INDEX IF NOT EXISTS ankisync_jobs_status ON ankisync_jobs (status, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS ankisync_jobs_idempotency
@@ -50,7 +53,8 @@ STATUSES = UNFINISHED + ("success", "failure")
 STEPS = {"queued": 0, "speaking": 1, "adding": 2, "syncing": 3, "done": 3}
 
 
-ADDED_COLUMNS = {"voice": "TEXT", "deleted_at": "REAL"}  # columns newer than some users' job tables
+ADDED_COLUMNS = {"voice": "TEXT", "deleted_at": "REAL", "tts_seconds": "REAL",
+                 "sync_seconds": "REAL"}  # columns newer than some users' job tables
 
 
 def init(path):
@@ -257,6 +261,15 @@ def set_step(path, job_ids, step):
                          [(step, job_id) for job_id in job_ids])
 
 
+def mark_spoken(path, seconds):
+    """How long speaking took, {job id: seconds}: one write for a batch (timings.py)."""
+    if not seconds:
+        return
+    with db.write(path) as conn:
+        conn.executemany("UPDATE ankisync_jobs SET tts_seconds = ? WHERE id = ?",
+                         [(took, job_id) for job_id, took in seconds.items()])
+
+
 def mark_added(path, job_id, result):
     """The note is in the local collection; result holds its ids and clips."""
     _update(path, job_id, "result = ?, added_at = coalesce(added_at, ?)",
@@ -284,13 +297,14 @@ def mark_synced(path, since):
     A job that failed only because its sync failed is a success once its note
     is there: the card reached AnkiWeb after all.
     """
+    now = time.time()
     with db.write(path) as conn:
         conn.execute(
-            "UPDATE ankisync_jobs SET synced_at = ?,"
+            "UPDATE ankisync_jobs SET synced_at = ?, sync_seconds = ?,"
             " status = CASE status WHEN 'failure' THEN 'success' ELSE status END,"
             " error = CASE status WHEN 'failure' THEN NULL ELSE error END"
             " WHERE added_at IS NOT NULL AND added_at <= ? AND synced_at IS NULL",
-            (time.time(), since),
+            (now, now - since, since),
         )
 
 
@@ -337,11 +351,13 @@ def purge(path, ttl):
     A note not yet synced keeps its job: it is what re-applies the note if a
     full download ever replaces the local collection.
     """
-    old, before = ("completed_at < ? AND (status = 'failure' AND added_at IS NULL"
-                   " OR synced_at IS NOT NULL)"), time.time() - ttl
+    forgotten = ("completed_at < ? AND (status = 'failure' AND added_at IS NULL"
+                 " OR synced_at IS NOT NULL)")
+    cutoff = time.time() - ttl
     with db.write(path) as conn:
-        fold_into_hours(conn, old, before)  # the chart keeps counting them
-        cursor = conn.execute(f"DELETE FROM ankisync_jobs WHERE {old}", (before,))
+        fold_into_hours(conn, forgotten, cutoff)  # the chart keeps counting them
+        timings.fold(conn, forgotten, (cutoff,))  # the histograms keep them
+        cursor = conn.execute(f"DELETE FROM ankisync_jobs WHERE {forgotten}", (cutoff,))
     return cursor.rowcount
 
 

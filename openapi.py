@@ -213,6 +213,14 @@ def operations(max_body):
             "operationId": "index", "summary": "is the server up", "security": [],
             "responses": {"200": _json({"type": "object", "required": ["status"],
                                         "properties": {"status": {"type": "string"}}}, "up")}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "security": [],
+            "summary": "Prometheus metrics, with ANKISYNC_METRICS=on: from this machine, or"
+                       " with Authorization: Bearer <ANKISYNC_METRICS_KEY> or an access token",
+            "responses": {"200": {"description": "Prometheus text format 0.0.4", "content": {
+                              "text/plain": {"schema": {"type": "string"}}}},
+                          "401": _error("from another machine, without the metrics key"),
+                          "404": _error("metrics are off (ANKISYNC_METRICS)")}}},
         "/api/v1/openapi.json": {"get": {
             "operationId": "openapi", "summary": "this document", "security": [],
             "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
@@ -388,6 +396,8 @@ def document(card_fields, max_body):
             answers = operation["responses"]
             if "403" in answers:  # login's wrong key
                 answers["403"] = _error(f"{answers['403']['description']}; or {HOST_REFUSED}")
+            elif path == "/metrics":
+                answers["403"] = _error(f"a web page's request (Origin sent); or {HOST_REFUSED}")
             else:
                 answers["403"] = _error(HOST_REFUSED)
             answers.setdefault("413", BAD_BODY["413"])

@@ -59,8 +59,9 @@ class Worker:
     touches no disk: the collection opens on first use.
     """
 
-    def __init__(self, settings, reappliers=None):
+    def __init__(self, settings, reappliers=None, notifier=None):
         self.settings = settings
+        self.notifier = notifier  # told how each sync went (notify.Notifier: the alerts)
         self.db = config.db_path(settings)
         # How to add again, after a full download, a note of a job of another kind
         # than "card" ({kind: function(col, job)}): AnkiConnect's, given at start.
@@ -197,6 +198,9 @@ class Worker:
                 if not isinstance(outcome[job_id], Exception):
                     log.info("job %s: %s in %.2fs", job_id,
                              "spoken" if outcome[job_id] else "no voice, no audio", took)
+            jobs.mark_spoken(self.db, {job_id: took for job_id in new.keys() - made.keys()
+                                       if outcome[job_id]
+                                       and not isinstance(outcome[job_id], Exception)})
             more = claim_more()
         return cards, outcome
 
@@ -321,6 +325,8 @@ class Worker:
         except Exception as error:
             db.set_state(path, last_sync_error=f"{type(error).__name__}: {error}",
                          last_sync_error_at=str(time.time()))
+            if self.notifier is not None:
+                self.notifier.sync_failed(error)
             raise
         del outcome["auth"]
         if outcome.get("new_endpoint"):
@@ -330,5 +336,7 @@ class Worker:
         jobs.mark_synced(path, began)
         db.set_state(path, last_sync_at=str(time.time()), last_sync_outcome=outcome["outcome"],
                      last_sync_error="")
+        if self.notifier is not None:
+            self.notifier.sync_done(outcome)
         log.info("synced (%s) in %.2fs", outcome["outcome"], time.time() - began)
         return True

@@ -21,6 +21,10 @@ LAZY_ALLOWED = {
     ("cli", "ankiweb"): "worker-only (brings anki): only `login` needs it",
     ("cli", "waitress"): "the web server, only for `serve`: the other commands start without it",
     ("tts", "requests"): "comes with the Google client, needed only where it is used",
+    ("ankisync", "metrics"): "only with ANKISYNC_METRICS=on: prometheus_client costs the web"
+                             " process a few MB",
+    ("notify", "apprise"): "worker and CLI only: huey_tasks (which the web process imports)"
+                           " imports notify, and apprise loads dozens of plugins",
 }
 # sys.modules touched on purpose (never to look a module up), with the reason.
 SYS_MODULES_ALLOWED = {
@@ -141,6 +145,30 @@ def test_imports_in_functions_are_only_of_the_heavy_packages():
     assert not wrong, "import at the top, or list it with its reason in LAZY_ALLOWED"
     unused = set(LAZY_ALLOWED) - {(name, target) for name, target, _ in lazy}
     assert not unused, f"LAZY_ALLOWED lists imports that are gone: {unused}"
+
+
+# Packages the web process must not load at start: apprise only ever runs in the worker and
+# the CLI; prometheus_client only once /metrics is asked for (ANKISYNC_METRICS=on).
+NOT_AT_WEB_START = {"apprise", "prometheus_client"}
+
+
+def test_the_web_process_loads_no_alerts_or_metrics_library_at_start():
+    modules, found = graph()
+    seen, todo, wrong = set(), ["ankisync"], []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for target, in_function, line in found[name]:
+            if in_function:
+                continue
+            if target in modules:
+                todo.append(target)
+            elif target.split(".")[0] in NOT_AT_WEB_START:
+                wrong.append(f"{name}.py:{line} imports {target}")
+    assert {"huey_tasks", "notify", "cli"} <= seen  # what the web process does import
+    assert not wrong, "the web process would load them: import them where they are used"
 
 
 def uses(tree, test):
