@@ -142,6 +142,26 @@ def test_every_requirement_has_a_wheel_for_arm64(tmp_path):
     assert {"anki", "nh3", "grpcio"} <= wheels, wheels
 
 
+def test_the_build_context_leaves_secrets_and_data_out(base_image, tmp_path):
+    """`COPY . .` takes the folder compose.yaml sits in, where the user keeps data/ and
+    secrets/: none of it may end up in an image, which anyone it is given to can read.
+    The project's .dockerignore, on a folder such as a user's, with the same COPY."""
+    context = tmp_path / "ankisync"
+    for name in ("ankisync.py", "data/credentials.json", "secrets/google_api_key", ".env",
+                 ".venv/bin/python", "tests/test_api.py", "ankiconnect/server.py"):
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        (context / name).write_text("x")
+    shutil.copy(ROOT / ".dockerignore", context)
+    (context / "Dockerfile").write_text(f"FROM {base_image}\nWORKDIR /app\nCOPY . .\n")
+    tag = "ankisync-test-context:latest"
+    docker("build", "--network", "none", "--tag", tag, str(context))
+    try:
+        copied = docker("run", "--rm", "--network", "none", tag, "find", ".", "-type", "f")
+    finally:
+        docker("image", "rm", tag, check=False)
+    assert sorted(copied.stdout.split()) == ["./ankiconnect/server.py", "./ankisync.py"]
+
+
 def pems(text):
     """The PEM certificates of a bundle."""
     found, current = [], None
@@ -278,6 +298,9 @@ def test_the_container_syncs_cards_survives_a_kill_and_reports_a_dead_worker(
     print(f"\nfrom docker run to the first synced card: {TIMINGS['first synced card']:.1f} s")
     assert on_server(tmp_path, sync_server, account) == {"word0": 1}
     container.wait_health("healthy")
+    # `docker compose exec ankisync ./run.sh status` (as root, as exec runs) sees the worker
+    status = docker("exec", container.name, "./run.sh", "status", check=False)
+    assert status.returncode == 0 and "worker     running" in status.stdout, status
     # it runs as the data folder's owner, and so do its files
     users = docker("top", container.name, "-eo", "pid,uid,args").stdout.splitlines()[1:]
     assert {line.split()[1] for line in users if "ankisync.py" in line} == {str(OWNER)}, users
