@@ -261,6 +261,30 @@ def make_container(image, tmp_path):
         container.remove()
 
 
+def owners(folder):
+    return {(path.stat().st_uid, path.stat().st_gid) for path in [folder, *folder.rglob("*")]}
+
+
+def test_the_container_runs_as_the_data_folders_owner_or_puid_never_as_root(make_container):
+    # a folder Docker made (root's): given to PUID:PGID
+    container = make_container()
+    os.chown(container.data_dir, 0, 0)
+    container.command("api-key", options=("--env", "PUID=2345", "--env", "PGID=2346"))
+    assert owners(container.data_dir) == {(2345, 2346)}
+    # then the folder's owner, without PUID
+    key = container.command("api-key").stdout.strip()
+    assert key.startswith("ak_") and owners(container.data_dir) == {(2345, 2346)}
+    # --user: as that user, when the folder is theirs
+    container.command("api-key", options=("--user", "2345:2346"))
+    assert owners(container.data_dir) == {(2345, 2346)}
+    # a PUID that does not own the folder, or root: refused, saying what to do
+    refused = container.command("api-key", options=("--env", "PUID=1000"), check=False)
+    assert refused.returncode == 1 and "belongs to user 2345, not PUID=1000" in refused.stderr
+    refused = container.command("api-key", options=("--env", "PUID=0"), check=False)
+    assert refused.returncode == 1 and "does not run as root" in refused.stderr
+    assert owners(container.data_dir) == {(2345, 2346)}
+
+
 def on_server(tmp_path, sync_server, account):
     """word -> how many notes hold it, in a fresh collection synced from the server."""
     col = download_collection(tmp_path / f"device-{time.monotonic_ns()}", sync_server.url,
