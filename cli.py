@@ -28,6 +28,7 @@ import notify
 import tts
 from errors import AlreadyRunning, AnkisyncError, ConfigError, DamagedFile
 from health import service_status
+from version import __version__
 
 log = logging.getLogger("ankisync")
 
@@ -192,6 +193,13 @@ def run_worker(args):
 
 
 def read_password():
+    path = os.environ.get("ANKISYNC_SETUP_PASSWORD_FILE")  # a Docker secret, say
+    if path:
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(f"ANKISYNC_SETUP_PASSWORD_FILE={path}: cannot read it"
+                              f" ({error.strerror})") from None
     if sys.stdin.isatty():
         return getpass.getpass("Password: ")
     return sys.stdin.readline().rstrip("\r\n")
@@ -391,6 +399,7 @@ def parse_args(argv, app):
         description="ankisync: an HTTP API that turns a word into an Anki cloze card with audio.",
         epilog="Settings (environment or DATA_DIR/.env):\n" + config.reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ankisync {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP API").set_defaults(
         run=functools.partial(serve, app=app))

@@ -12,6 +12,7 @@ import credentials
 import db
 import jobs
 import tts
+from version import __version__
 
 
 def worker_pid(current):
@@ -36,6 +37,7 @@ def service_status(current):
     problems = problems_of(current, full, connect, stuck)
     return {
         "status": "disk full" if full else "ok" if pid and not problems else "degraded",
+        "version": __version__,
         "problems": problems,
         "worker": {"alive": bool(pid), "pid": pid},
         "ankiconnect": connect,

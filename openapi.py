@@ -12,6 +12,7 @@ document does not allow.
 import re
 
 import jobs
+from version import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TASK_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
@@ -167,6 +168,7 @@ def schemas(card_fields):
             "type": "object", "required": ["status", "worker", "queue", "jobs", "sync", "tts"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
+                "version": {"type": "string", "description": "of ankisync (version.py)"},
                 "worker": {"type": "object", "properties": {
                     "alive": {"type": "boolean"}, "pid": {"type": "integer", "nullable": True}}},
                 "queue": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -221,6 +223,15 @@ def operations(max_body):
                               "text/plain": {"schema": {"type": "string"}}}},
                           "401": _error("from another machine, without the metrics key"),
                           "404": _error("metrics are off (ANKISYNC_METRICS)")}}},
+        "/healthz": {"get": {
+            "operationId": "healthz", "summary": "200 when the API and the worker both run",
+            "security": [],
+            "responses": {"200": _json({"type": "object", "required": ["status"],
+                                        "properties": {"status": {"type": "string"}}}, "up"),
+                          "503": _json({"type": "object", "required": ["status", "message"],
+                                        "properties": {"status": {"type": "string"},
+                                                       "message": {"type": "string"}}},
+                                       "the worker is not running")}}},
         "/api/v1/openapi.json": {"get": {
             "operationId": "openapi", "summary": "this document", "security": [],
             "responses": {"200": _json({"type": "object"}, "the OpenAPI document")}}},
@@ -403,7 +414,7 @@ def document(card_fields, max_body):
             answers.setdefault("413", BAD_BODY["413"])
     return {
         "openapi": "3.0.3",
-        "info": {"title": "ankisync", "version": "1",
+        "info": {"title": "ankisync", "version": __version__,
                  "description": "Turns a word and an example sentence into an Anki cloze card"
                                 " with audio. Every error is JSON {\"message\": ...}; 404 and"
                                 " 405 for unknown routes and methods."},
