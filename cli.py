@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import auth
+import backup
 import config
 import credentials
 import db
@@ -272,6 +273,27 @@ def status_command(args):
     return 0 if info["worker"]["alive"] else 1
 
 
+def backup_command(args):
+    """A backup now, taken by the running worker (or, stopped, by this command)."""
+    current = settings()
+    huey_tasks.init(current)  # to queue it for a running worker
+    made = backup.backup(current, args.dir, ask_worker=huey_tasks.ask_backup)
+    if made is None:
+        log.info("nothing changed since the last backup: nothing written")
+        return
+    log.info("backup written into %s", made["folder"])
+    for path in made["files"]:
+        print(path)
+
+
+def restore_command(args):
+    """Put backed-up files back into a stopped service."""
+    current = settings()
+    backup.restore(current, args.files)
+    log.info("restored: start ankisync (./run.sh, or sudo systemctl start ankisync); it syncs"
+             " before adding anything, so cards the server already has are not added twice")
+
+
 def ask(prompt, secret=False):
     """An answer from the person at the terminal; None when there is none."""
     if not sys.stdin.isatty():
@@ -398,6 +420,22 @@ def parse_args(argv, app):
     status_parser = commands.add_parser("status", help="worker, queue, jobs, last sync")
     status_parser.add_argument("--json", action="store_true", help="for scripts")
     status_parser.set_defaults(run=status_command)
+    backup_parser = commands.add_parser(
+        "backup", help="back up the job database and the collection, even while running",
+        description="Writes DIR/TIME-jobs.db and DIR/TIME-collection.colpkg, only when"
+                    " something changed since the last backup there, and keeps the newest"
+                    " ANKISYNC_BACKUP_KEEP. A relative DIR is taken from the ankisync folder.")
+    backup_parser.add_argument("dir", nargs="?", metavar="DIR",
+                               help="where to write (default: ANKISYNC_BACKUP_DIR,"
+                                    " else DATA_DIR/backups)")
+    backup_parser.set_defaults(run=backup_command)
+    restore_parser = commands.add_parser(
+        "restore", help="put back a backup, into a stopped service",
+        description="Each FILE is a TIME-jobs.db or TIME-collection.colpkg made by"
+                    " ./run.sh backup (a .colpkg exported from Anki works too). The files"
+                    " they replace are moved into DATA_DIR/replaced-TIME.")
+    restore_parser.add_argument("files", nargs="+", metavar="FILE")
+    restore_parser.set_defaults(run=restore_command)
     return parser.parse_args(argv)
 
 

@@ -42,6 +42,10 @@ def _count(value):
     return number
 
 
+def _optional_seconds(value):
+    return _seconds(value) if value else None
+
+
 def _url(value):
     if value and not value.startswith(("http://", "https://")):
         raise ValueError("expected a URL starting with http:// or https://")
@@ -167,6 +171,11 @@ SETTINGS = [
      "local hosts or networks AnkiConnect may fetch media `url`s from (empty: public only)"),
     ("ANKISYNC_ANKICONNECT_URL_TIMEOUT", "30", _seconds,
      "seconds one AnkiConnect media download may take in all"),
+    ("ANKISYNC_BACKUP_DIR", "", _text,
+     "folder `./run.sh backup` and the schedule write to (empty: DATA_DIR/backups)"),
+    ("ANKISYNC_BACKUP_INTERVAL", "", _optional_seconds,
+     "seconds between scheduled backups by the worker, when something changed (empty: off)"),
+    ("ANKISYNC_BACKUP_KEEP", "7", _count, "backups kept; older ones are deleted"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
     # Google's own name, read by its library from the environment: ankisync
     # reads it like the others and hands it on, so data/.env works too.
@@ -335,6 +344,11 @@ def lock_path(settings, role):
     """Held by the running API ("api") or worker ("worker"): one of each per data dir;
     "init" is held by any process while it checks and creates the data dir's files."""
     return settings.data_dir / f"{role}.lock"
+
+
+def backup_dir(settings):
+    """Where backups go: ANKISYNC_BACKUP_DIR, else the data dir's backups folder."""
+    return Path(settings.backup_dir) if settings.backup_dir else settings.data_dir / "backups"
 
 
 def ensure_data_dir(settings):
