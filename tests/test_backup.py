@@ -231,3 +231,31 @@ def test_restore_refused_while_running_then_brings_back_every_job_and_note(
     media = service.data_dir / "collection.media"
     wait_until(lambda: all((media / clip).is_file() for clip in first["result"]["audio"].values()),
                lambda: "the first card's clips back from the server:\n" + service.logs())
+
+
+def test_a_colpkg_exported_from_anki_with_media_restores_into_a_new_data_dir(tmp_path):
+    from anki.collection import Collection
+    from service import Service
+    (tmp_path / "desktop").mkdir()
+    col = Collection(str(tmp_path / "desktop" / "collection.anki2"))
+    try:
+        clip = col.media.write_data("hello.mp3", b"ID3 not really audio")
+        note = col.new_note(col.models.by_name("Basic"))
+        note["Front"], note["Back"] = "hello", f"[sound:{clip}]"
+        col.add_note(note, col.decks.id("Default"))
+        exported = tmp_path / "desktop.colpkg"
+        col.export_collection_package(str(exported), include_media=True, legacy=False)
+    finally:
+        col.close()
+    service = Service(tmp_path / "data")  # a new machine: no data dir yet
+    done = service.cli("restore", str(exported))
+    assert done.returncode == 0, done.stderr
+    assert mode(service.data_dir) == 0o700
+    restored = service.data_dir / "collection.anki2"
+    assert mode(restored) == 0o600
+    col = Collection(str(restored))
+    try:
+        assert [col.get_note(i)["Front"] for i in col.find_notes("")] == ["hello"]
+    finally:
+        col.close()
+    assert (service.data_dir / "collection.media" / clip).read_bytes() == b"ID3 not really audio"
