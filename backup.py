@@ -42,6 +42,7 @@ from pathlib import Path
 
 import config
 import db
+import health
 from errors import AlreadyRunning, AnkisyncError, BackupFailed, ConfigError, DamagedFile
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,28 @@ def take(col, db_path, folder, keep, reopen):
     Returns {"time", "files", "folder"}, or None when nothing changed since the
     last backup there. reopen() closes and opens the collection again, giving it.
     """
-    prepare(folder)
+    try:
+        prepare(folder)
+        return _take(col, db_path, folder, keep, reopen)
+    except AnkisyncError:
+        raise
+    except Exception as error:  # the one place a backup's failure gets its message
+        raise BackupFailed(_reason(error, folder)) from error
+
+
+def _reason(error, folder):
+    if db.is_disk_full(error):
+        return (f"the disk holding {folder} is full: free some space there, or give another"
+                " folder (ANKISYNC_BACKUP_DIR, or ./run.sh backup DIR); older backups are kept")
+    if isinstance(error, OSError):
+        return (f"cannot write the backup into {folder} ({error.strerror or error}): give a"
+                " folder that the user running ankisync can write to (ANKISYNC_BACKUP_DIR, or"
+                " ./run.sh backup DIR)")
+    log.warning("backup into %s failed", folder, exc_info=error)
+    return f"{type(error).__name__}: {error} (the log has the details)"
+
+
+def _take(col, db_path, folder, keep, reopen):
     copy, digest = snapshot_jobs(db_path)
     try:
         last, mod = read_last(folder), col.mod
@@ -262,6 +284,10 @@ def backup(settings, folder, ask_worker):
     folder = Path(folder).absolute() if folder else config.backup_dir(settings).absolute()
     config.ensure_data_dir(settings)
     fd, _ = _try_lock(settings, "worker")
+    if fd is None and health.worker_pid(settings) is None:
+        raise BackupFailed(f"the worker's lock ({config.lock_path(settings, 'worker')}) is held,"
+                           " but no worker runs: another ./run.sh backup or restore is at work"
+                           " on this data dir. Try again when it is done")
     if fd is None:
         return _through_worker(settings, folder, ask_worker)
     try:  # the worker is stopped, and cannot start while this holds its lock
@@ -276,7 +302,11 @@ def _take_alone(settings, folder):
     if not path.exists():
         raise BackupFailed(f"{path} does not exist: nothing to back up (is ANKISYNC_DATA_DIR"
                            " right?)")
-    holder = {"col": Collection(str(path))}
+    try:
+        holder = {"col": Collection(str(path))}
+    except Exception as error:  # e.g. Anki desktop has it open
+        raise BackupFailed(f"cannot open the collection {path} ({error}): is another program"
+                           " using it?") from error
 
     def reopen():
         holder["col"].close()
@@ -319,8 +349,6 @@ def describe_error(error):
     """What the command that asked is told of a failed backup."""
     if isinstance(error, AnkisyncError):
         return str(error)
-    if db.is_disk_full(error):
-        return f"the disk is full ({error}): free some space, or give another DIR"
     return f"{type(error).__name__}: {error} (the worker's log has the details)"
 
 
@@ -416,30 +444,41 @@ def _restore(settings, files):
         kinds[kind] = path
     data_dir = settings.data_dir
     staging = data_dir / f".restore-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(mode=0o700)
+    aside = data_dir / ("replaced-" + time.strftime(STAMP, time.gmtime()))
     try:
-        if JOBS in kinds:
-            _check_jobs(kinds[JOBS], staging / "ankisync.db")
-        if COLLECTION in kinds:
-            _check_collection(kinds[COLLECTION], staging)
+        try:
+            staging.mkdir(mode=0o700)
+            if JOBS in kinds:
+                _check_jobs(kinds[JOBS], staging / "ankisync.db")
+            if COLLECTION in kinds:
+                _check_collection(kinds[COLLECTION], staging)
+            aside.mkdir(mode=0o700, exist_ok=True)
+        except OSError as error:
+            why = error.strerror or error
+            raise BackupFailed(f"cannot prepare the restore in {data_dir} ({why})."
+                               " Nothing was restored") from error
         # every file is good: now the data dir changes
-        aside = data_dir / ("replaced-" + time.strftime(STAMP, time.gmtime()))
-        aside.mkdir(mode=0o700, exist_ok=True)
-        if JOBS in kinds:
-            _put(config.db_path(settings), staging / "ankisync.db", aside)
-        if COLLECTION in kinds:
-            _put(config.collection_path(settings), staging / "collection.anki2", aside)
-            _add_media(staging / "media", config.media_dir(settings))
-        if not any(aside.iterdir()):
-            aside.rmdir()
+        try:
+            if JOBS in kinds:
+                _put(config.db_path(settings), staging / "ankisync.db", aside)
+            if COLLECTION in kinds:
+                _put(config.collection_path(settings), staging / "collection.anki2", aside)
+                _add_media(staging / "media", config.media_dir(settings))
+        except OSError as error:
+            raise BackupFailed(f"the restore failed halfway ({error.strerror or error}): the"
+                               f" files it replaced are in {aside}; move them back into"
+                               f" {data_dir} before starting ankisync") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for kind, path in kinds.items():
         log.info("restored the %s from %s", "job database" if kind == JOBS else "collection",
                  path)
+    if aside.exists() and not any(aside.iterdir()):
+        aside.rmdir()
     if aside.exists():
         log.info("the files it replaced are in %s (delete it once all is well)", aside)
-    return aside if aside.exists() else None
+        return aside
+    return None
 
 
 def _put(target, staged, aside):

@@ -123,6 +123,13 @@ def test_backup_during_a_burst_is_consistent_then_idle_writes_nothing_and_rotate
     kept = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix != ".json")
     assert kept == sorted(p.name for files in made[-3:] for p in files), kept
 
+    # a folder that cannot be written: said so, by the worker that tried
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    done = service.cli("backup", str(not_a_folder))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot write the backup into {not_a_folder}" in done.stderr, done.stderr
+
 
 def test_scheduled_backups_write_only_when_something_changed(make_service, tmp_path):
     service = make_service(ANKISYNC_BACKUP_INTERVAL=0.3, ANKISYNC_BACKUP_DIR=tmp_path / "saved")
