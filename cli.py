@@ -75,7 +75,8 @@ def check_files(current):
     """Stop with the file's name and the fix when a file of the data dir is damaged."""
     path, kept = config.db_path(current), config.credentials_path(current)
     fix = (f"move it aside (mv {path} {path}.damaged, and its -wal and -shm files), then put"
-           " back ankisync.db from your backup (README: Backup and restore). Without a backup,"
+           f" back a backup: ./run.sh restore {config.backup_dir(current)}/TIME-jobs.db (README:"
+           " Backup and restore). Without a backup,"
            " just start again: a new one is made; notes already in the collection are kept and"
            " synced, but cards still waiting in it are lost (post them again) and clients log in"
            " again with the API key. Nothing in it comes back from the sync server")
@@ -177,8 +178,9 @@ def run_worker(args):
     db.check_file(collection, (
         f"stop ankisync, move it aside (mv {collection} {collection}.damaged) and start again:"
         " the next sync downloads your collection from the sync server, and cards added since"
-        " the last sync are added again from the job table. Without a sync login, put back"
-        " collection.anki2 from your backup instead (README: Backup and restore)"))
+        " the last sync are added again from the job table. Without a sync login, put back a"
+        f" backup instead: ./run.sh restore {config.backup_dir(current)}/TIME-collection.colpkg"
+        " (README: Backup and restore)"))
     huey_tasks.init(current)
     for line in config.describe(current, voice(current)):
         log.info("%s", line)
