@@ -154,7 +154,11 @@ def _take(col, db_path, folder, keep, reopen):
             _link_or_copy(folder / f"{last['time']}-{COLLECTION}", colpkg)
         else:
             _anki_backup(col, folder, colpkg, reopen)
-        _write_jobs(copy, jobs_file)
+        try:
+            _write_jobs(copy, jobs_file)
+        except BaseException:  # half a backup is none: it would count as one when rotating
+            colpkg.unlink(missing_ok=True)
+            raise
     finally:
         copy.close()
     write_private(folder / LAST, json.dumps(
