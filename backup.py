@@ -42,7 +42,6 @@ from pathlib import Path
 
 import config
 import db
-import health
 from errors import AlreadyRunning, AnkisyncError, BackupFailed, ConfigError, DamagedFile
 
 log = logging.getLogger(__name__)
@@ -267,16 +266,20 @@ def answer(db_path, request, result):
 # --- the command line -----------------------------------------------------------------
 
 
-def _try_lock(settings, role):
-    """The role's lock ("api", "worker") if nobody holds it, else (None, holder's pid)."""
+def _try_lock(settings, role, command):
+    """The role's lock ("api", "worker") for this command, if nobody holds it: (fd, None);
+    else (None, [holder's pid, what it is]). The worker writes its pid and address there
+    when it starts; a command holding it writes its pid and name."""
     path = config.lock_path(settings, role)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = (os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"])[0]
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
         os.close(fd)
         return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
     return fd, None
 
 
@@ -287,11 +290,10 @@ def backup(settings, folder, ask_worker):
     """
     folder = Path(folder).absolute() if folder else config.backup_dir(settings).absolute()
     config.ensure_data_dir(settings)
-    fd, _ = _try_lock(settings, "worker")
-    if fd is None and health.worker_pid(settings) is None:
-        raise BackupFailed(f"the worker's lock ({config.lock_path(settings, 'worker')}) is held,"
-                           " but no worker runs: another ./run.sh backup or restore is at work"
-                           " on this data dir. Try again when it is done")
+    fd, holder = _try_lock(settings, "worker", "backup")
+    if fd is None and holder[-1] in ("backup", "restore"):  # no worker to ask
+        raise BackupFailed(f"another ./run.sh {holder[-1]} (pid {holder[0]}) is at work on this"
+                           " data dir: try again when it is done")
     if fd is None:
         return _through_worker(settings, folder, ask_worker)
     try:  # the worker is stopped, and cannot start while this holds its lock
@@ -370,11 +372,15 @@ def restore(settings, files):
     locks = []
     try:
         for role in ("api", "worker"):
-            fd, holder = _try_lock(settings, role)
+            fd, holder = _try_lock(settings, role, "restore")
+            if fd is None and holder[-1] in ("backup", "restore"):
+                raise AlreadyRunning(f"a ./run.sh {holder[-1]} (pid {holder[0]}) is at work on"
+                                     " this data dir: try again when it is done. Nothing was"
+                                     " restored")
             if fd is None:
                 raise AlreadyRunning(
                     f"ankisync is running on the data dir {settings.data_dir.resolve()} (its"
-                    f" {role.replace('api', 'API')} has pid {holder}): stop it first (sudo"
+                    f" {role.replace('api', 'API')} has pid {holder[0]}): stop it first (sudo"
                     " systemctl stop ankisync, docker compose stop, or Ctrl-C where ./run.sh"
                     " runs), then run ./run.sh restore again. Nothing was restored")
             locks.append(fd)
