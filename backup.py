@@ -289,7 +289,9 @@ def backup(settings, folder, ask_worker):
     ask_worker(folder, request, expires) queues the backup for the running worker.
     """
     folder = Path(folder).absolute() if folder else config.backup_dir(settings).absolute()
-    config.ensure_data_dir(settings)
+    if not config.db_path(settings).exists():  # before anything is made there
+        raise BackupFailed(f"{config.db_path(settings)} does not exist: nothing to back up (is"
+                           " ANKISYNC_DATA_DIR right?)")
     fd, holder = _try_lock(settings, "worker", "backup")
     if fd is None and holder[-1] in ("backup", "restore"):  # no worker to ask
         raise BackupFailed(f"another ./run.sh {holder[-1]} (pid {holder[0]}) is at work on this"

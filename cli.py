@@ -278,8 +278,12 @@ def status_command(args):
 def backup_command(args):
     """A backup now, taken by the running worker (or, stopped, by this command)."""
     current = settings()
-    huey_tasks.init(current)  # to queue it for a running worker
-    made = backup.backup(current, args.dir, ask_worker=huey_tasks.ask_backup)
+
+    def ask_worker(folder, request, expires):
+        huey_tasks.init(current)
+        huey_tasks.ask_backup(folder, request, expires)
+
+    made = backup.backup(current, args.dir, ask_worker)
     if made is None:
         log.info("nothing changed since the last backup: nothing written")
         return

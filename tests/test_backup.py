@@ -258,6 +258,9 @@ def test_a_colpkg_exported_from_anki_with_media_restores_into_a_new_data_dir(tmp
     finally:
         col.close()
     service = Service(tmp_path / "data")  # a new machine: no data dir yet
+    done = service.cli("backup")  # nothing to back up: said, and nothing made
+    assert done.returncode == 1 and "ankisync.db does not exist" in done.stderr, done.stderr
+    assert not service.data_dir.exists()
     done = service.cli("restore", str(exported))
     assert done.returncode == 0, done.stderr
     assert mode(service.data_dir) == 0o700
