@@ -6,9 +6,11 @@ A backup is two files named for one UTC time, in the backups folder
     20261130T063700Z-jobs.db            the job database (SQLite's online backup)
     20261130T063700Z-collection.colpkg  the collection (Anki's own backup)
 
-Whoever holds the collection takes both under its lock, the collection first,
-so a job is never older than its note (a job newer than its note runs again
-and finds or adds the note by its guid). While the worker runs, it takes them:
+Whoever holds the collection takes both under its lock. Notes are added, and
+their jobs marked added, only under that lock, so the copies agree: each note
+in the collection's copy has its job, marked added, in the job database's (a
+job still waiting in it runs again after a restore and finds or adds its note
+by guid). While the worker runs, it takes them:
 `./run.sh backup` asks it through the queue and waits for its answer in the
 job database; the worker's own timer (ANKISYNC_BACKUP_INTERVAL) calls the same
 function. With the worker stopped, the command takes the worker's lock and

@@ -90,7 +90,7 @@ def test_backup_during_a_burst_is_consistent_then_idle_writes_nothing_and_rotate
         guids = set(col.db.list("select guid from notes"))
     finally:
         col.close()
-    # the collection was taken first: each note in it has its job, marked added
+    # taken under the collection's lock: each note in the copy has its job, marked added
     added = {notes.note_guid(job_id) for job_id, job in saved.items() if job["added_at"]}
     assert guids <= added, (len(guids), len(added))
 
