@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import auth
+import backup
 import config
 import credentials
 import db
@@ -76,7 +77,8 @@ def check_files(current):
     """Stop with the file's name and the fix when a file of the data dir is damaged."""
     path, kept = config.db_path(current), config.credentials_path(current)
     fix = (f"move it aside (mv {path} {path}.damaged, and its -wal and -shm files), then put"
-           " back ankisync.db from your backup (README: Backup and restore). Without a backup,"
+           f" back a backup: ./run.sh restore {config.backup_dir(current)}/TIME-jobs.db (README:"
+           " Backup and restore). Without a backup,"
            " just start again: a new one is made; notes already in the collection are kept and"
            " synced, but cards still waiting in it are lost (post them again) and clients log in"
            " again with the API key. Nothing in it comes back from the sync server")
@@ -178,8 +180,9 @@ def run_worker(args):
     db.check_file(collection, (
         f"stop ankisync, move it aside (mv {collection} {collection}.damaged) and start again:"
         " the next sync downloads your collection from the sync server, and cards added since"
-        " the last sync are added again from the job table. Without a sync login, put back"
-        " collection.anki2 from your backup instead (README: Backup and restore)"))
+        " the last sync are added again from the job table. Without a sync login, put back a"
+        f" backup instead: ./run.sh restore {config.backup_dir(current)}/TIME-collection.colpkg"
+        " (README: Backup and restore)"))
     huey_tasks.init(current)
     notify.check(current.notify)
     for line in config.describe(current, voice(current)):
@@ -300,6 +303,31 @@ def notify_test_command(args):
                   " ANKISYNC_NOTIFY", sum(1 for why in outcome if why), len(urls))
         return 1
     return 0
+
+
+def backup_command(args):
+    """A backup now, taken by the running worker (or, stopped, by this command)."""
+    current = settings()
+
+    def ask_worker(folder, request, expires):
+        huey_tasks.init(current)
+        huey_tasks.ask_backup(folder, request, expires)
+
+    made = backup.backup(current, args.dir, ask_worker)
+    if made is None:
+        log.info("nothing changed since the last backup: nothing written")
+        return
+    log.info("backup written into %s", made["folder"])
+    for path in made["files"]:
+        print(path)
+
+
+def restore_command(args):
+    """Put backed-up files back into a stopped service."""
+    current = settings()
+    backup.restore(current, args.files)
+    log.info("restored: start ankisync (./run.sh, or sudo systemctl start ankisync); it syncs"
+             " before adding anything, so cards the server already has are not added twice")
 
 
 def ask(prompt, secret=False):
@@ -431,6 +459,22 @@ def parse_args(argv, app):
     status_parser.set_defaults(run=status_command)
     commands.add_parser("notify-test", help="send a test alert to ANKISYNC_NOTIFY").set_defaults(
         run=notify_test_command)
+    backup_parser = commands.add_parser(
+        "backup", help="back up the job database and the collection, even while running",
+        description="Writes DIR/TIME-jobs.db and DIR/TIME-collection.colpkg, only when"
+                    " something changed since the last backup there, and keeps the newest"
+                    " ANKISYNC_BACKUP_KEEP. A relative DIR is taken from the ankisync folder.")
+    backup_parser.add_argument("dir", nargs="?", metavar="DIR",
+                               help="where to write (default: ANKISYNC_BACKUP_DIR,"
+                                    " else DATA_DIR/backups)")
+    backup_parser.set_defaults(run=backup_command)
+    restore_parser = commands.add_parser(
+        "restore", help="put back a backup, into a stopped service",
+        description="Each FILE is a TIME-jobs.db or TIME-collection.colpkg made by"
+                    " ./run.sh backup (a .colpkg exported from Anki works too). The files"
+                    " they replace are moved into DATA_DIR/replaced-TIME.")
+    restore_parser.add_argument("files", nargs="+", metavar="FILE")
+    restore_parser.set_defaults(run=restore_command)
     return parser.parse_args(argv)
 
 

@@ -146,6 +146,7 @@ def _on_off(value):
 
 
 def _interval(value):
+    """Seconds between runs of something optional; empty or 0: off."""
     return _seconds(value) if value and value != "0" else None
 
 
@@ -204,6 +205,11 @@ SETTINGS = [
      "bearer token /metrics requires from other machines (empty: loopback only)"),
     ("ANKISYNC_SYNC_INTERVAL", "", _interval,
      "seconds between syncs that pull other devices' changes (empty: only when cards come)"),
+    ("ANKISYNC_BACKUP_DIR", "", _text,
+     "folder `./run.sh backup` and the schedule write to (empty: DATA_DIR/backups)"),
+    ("ANKISYNC_BACKUP_INTERVAL", "", _interval,
+     "seconds between scheduled backups by the worker, when something changed (empty: off)"),
+    ("ANKISYNC_BACKUP_KEEP", "7", _count, "backups kept; older ones are deleted"),
     ("ANKISYNC_LOG_LEVEL", "INFO", _level, "DEBUG, INFO, WARNING or ERROR"),
     # Google's own name, read by its library from the environment: ankisync
     # reads it like the others and hands it on, so data/.env works too.
@@ -407,6 +413,11 @@ def lock_path(settings, role):
     """Held by the running API ("api") or worker ("worker"): one of each per data dir;
     "init" is held by any process while it checks and creates the data dir's files."""
     return settings.data_dir / f"{role}.lock"
+
+
+def backup_dir(settings):
+    """Where backups go: ANKISYNC_BACKUP_DIR, else the data dir's backups folder."""
+    return Path(settings.backup_dir) if settings.backup_dir else settings.data_dir / "backups"
 
 
 def ensure_data_dir(settings):

@@ -50,6 +50,10 @@ class DamagedFile(AnkisyncError):
     """A file of the data dir cannot be read; the message names it and the fix."""
 
 
+class BackupFailed(AnkisyncError):
+    """A backup could not be taken; the message says why."""
+
+
 class TaskTimedOut(PermanentError):
     """The job ran past ANKISYNC_TASK_TIMEOUT before its note was added."""
     kind = "TimeoutError"

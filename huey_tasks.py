@@ -15,6 +15,7 @@ import datetime
 import functools
 import json
 import logging
+import pathlib
 import sqlite3
 import time
 
@@ -24,6 +25,7 @@ from huey.registry import Message
 from huey.serializer import Serializer
 from huey.storage import SqliteStorage
 
+import backup
 import config
 import db
 import jobs
@@ -100,6 +102,7 @@ class Queue(SqliteHuey):
 
     settings = worker = ankiconnect = notifier = None
     last_purge = float("-inf")
+    backups = None  # the scheduled backups' stop switch (backup.start_schedule)
 
 
 # The file is set by init(): importing this module touches no disk.
@@ -370,6 +373,8 @@ def start_worker():
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.
         huey.ankiconnect = ankiconnect.start(huey.worker, queue_sync)
+    if huey.settings.backup_interval:
+        huey.backups = backup.start_schedule(huey.worker, huey.settings)
 
 
 @huey.on_shutdown()
@@ -378,10 +383,29 @@ def close_collection():
     if huey.ankiconnect is not None:
         huey.ankiconnect.stop()
         huey.ankiconnect = None
+    if huey.backups is not None:
+        huey.backups.set()
     if huey.worker is not None:
         huey.worker.close()
     if huey.notifier is not None:
         huey.notifier.close()
+
+
+@huey.task(priority=10, timeout=3600)  # first in line; a big collection on a Pi takes a while
+def backup_now(folder, request):
+    """A backup for `./run.sh backup`, which waits for the answer in the job database."""
+    try:
+        answer = {"backup": backup.take_in_worker(huey.worker, pathlib.Path(folder),
+                                                  huey.settings.backup_keep)}
+    except Exception as error:
+        log.warning("backup into %s failed: %s", folder, error,
+                    exc_info=not isinstance(error, AnkisyncError))
+        answer = {"error": backup.describe_error(error)}
+    backup.answer(_db(), request, answer)
+
+
+def ask_backup(folder, request, expires):
+    backup_now(folder, request, expires=expires)
 
 
 def queue_sync():

@@ -16,7 +16,7 @@ from pathlib import Path
 from anki.collection import Collection
 from anki.sync import SyncOutput
 
-START_TIMEOUT = 15.0
+START_TIMEOUT = 120.0  # 100 accounts take ~40 s to set up on a loaded 2-core machine
 
 
 def free_port() -> int:
