@@ -122,6 +122,7 @@ class FakeSpeech:
                 extra["Location"] = self.redirect_to
         elif status == 200:
             extra, body = self._audio()
+        seen["status"] = status
         with self._lock:
             gate, held = self._gate, self._held
         if gate is not None:
@@ -137,8 +138,8 @@ class FakeSpeech:
         return {"Content-Type": "audio/mpeg"}, SILENT_MP3
 
     def spoken(self):
-        """What the requests that passed every check asked to say, in order."""
-        return [r["text"] for r in self.requests if "text" in r]
+        """What the requests answered with audio asked to say, in order."""
+        return [r["text"] for r in self.requests if r.get("status") == 200]
 
 
 class FakeOpenAI(FakeSpeech):
