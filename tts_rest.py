@@ -67,7 +67,8 @@ def openai_speech(text, *, base_url, api_key, model, voice, speed, timeout):
     body = {"model": model, "input": text, "voice": voice, "response_format": "mp3"}
     if speed != 1.0:  # servers that know no speed (LocalAI's backends) then see nothing new
         body["speed"] = speed
-    headers = {"Content-Type": "application/json", "Accept": "audio/*, */*"}
+    headers = {"Content-Type": "application/json", "Accept": "audio/*, */*",
+               "User-Agent": USER_AGENT}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     service = Service("the OpenAI-compatible speech server", "ANKISYNC_OPENAI_TTS_BASE_URL",
@@ -135,7 +136,7 @@ def _post(service, url, data, headers, timeout):
     deadline = time.monotonic() + timeout
     try:
         with _OPENER.open(request, timeout=timeout) as answer:
-            body = _read(answer, deadline)
+            body = _read(service, answer, deadline)
             kind = answer.headers.get("Content-Type", "")
     except urllib.error.HTTPError as error:
         raise _refusal(service, error) from None
@@ -161,7 +162,7 @@ def _post(service, url, data, headers, timeout):
     return body, kind
 
 
-def _read(answer, deadline):
+def _read(service, answer, deadline):
     """The body, within the deadline and the size cap (a server may trickle or flood)."""
     chunks, size = [], 0
     while True:
@@ -172,7 +173,9 @@ def _read(answer, deadline):
             return b"".join(chunks)
         size += len(chunk)
         if size > MAX_AUDIO:
-            raise http.client.HTTPException("answer larger than %d bytes" % MAX_AUDIO)
+            raise errors.TTSUnavailable(
+                f"{service.name} sent more than {MAX_AUDIO // 2**20} MB for one clip, which no"
+                f" word or sentence takes: check {service.where_setting}; the job will be retried")
         chunks.append(chunk)
 
 

@@ -14,6 +14,7 @@ until released (a hang, for timeouts) without being slow.
 import io
 import json
 import threading
+import time
 import urllib.parse
 import wave
 import xml.etree.ElementTree as ET
@@ -46,7 +47,9 @@ class FakeSpeech:
         self.valid_keys = valid_keys  # None: no key checked
         self.voices = voices  # None: any voice
         self.requests = []  # {"method", "path", "headers" (lower-case names), "body", ...}
-        self.answer_as = "mp3"  # or "wav" (as LocalAI answers), "json" (200, not audio)
+        # or "wav" (as LocalAI answers), "json" (200, not audio), "flood" (MP3 without
+        # end or length), "trickle" (a byte every 0.2 s: each read succeeds, none ends)
+        self.answer_as = "mp3"
         self.redirect_to = None  # the Location of a 3xx answer asked for with fail_next
         self._lock = threading.Lock()
         self._failures = []  # (status, retry_after) of the next requests
@@ -131,6 +134,8 @@ class FakeSpeech:
         return status, extra, body
 
     def _audio(self):
+        if self.answer_as in ("flood", "trickle"):
+            return {"Content-Type": "audio/mpeg"}, self.answer_as
         if self.answer_as == "wav":
             return {"Content-Type": "audio/wav"}, SILENT_WAV
         if self.answer_as == "json":
@@ -259,9 +264,32 @@ def _make_handler(fake):
             self.send_response(status)
             for name, value in extra.items():
                 self.send_header(name, value)
+            if body == "flood":  # no length: the client must stop reading by itself
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                self._write_until_refused(SILENT_MP3, [bytes(64 * 1024)] * 640)  # 40 MB
+                return
+            if body == "trickle":
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.close_connection = True
+                self._write_until_refused(SILENT_MP3[:4], [b"\0"] * 100, pause=0.2)
+                return
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _write_until_refused(self, first, pieces, pause=0.0):
+            try:
+                self.wfile.write(first)
+                for piece in pieces:
+                    self.wfile.flush()
+                    if pause:
+                        time.sleep(pause)  # the trickle itself: what this mode is
+                    self.wfile.write(piece)
+            except OSError:
+                pass  # the client gave up, as it should
 
         do_POST = do_GET = do_PUT = _serve
 

@@ -89,6 +89,7 @@ def test_openai_request_is_what_the_api_documents(openai, tmp_path):
     assert request["method"] == "POST" and request["path"] == "/v1/audio/speech"
     assert request["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
     assert request["headers"]["content-type"] == "application/json"
+    assert request["headers"]["user-agent"] == "ankisync"  # Python-urllib is blocked by some
     assert request["body"] == {"model": "kokoro", "input": "He told the extraordinary story.",
                                "voice": "af_heart", "response_format": "mp3", "speed": 1.25}
 
@@ -130,6 +131,29 @@ def test_openai_key_refused_names_the_setting_not_the_key(openai, tmp_path, give
     assert isinstance(raised.value, errors.PermanentError)
     if given:
         assert given not in message and "Incorrect API key" in message
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_key_refused_is_permanent_for_both(openai, azure, tmp_path, status):
+    openai.fail_next(1, status)
+    azure.fail_next(1, status)
+    with pytest.raises(errors.TTSRefused, match=f"{status}.*ANKISYNC_OPENAI_TTS_API_KEY"):
+        clip(openai_settings(tmp_path, openai))
+    with pytest.raises(errors.TTSRefused, match=f"{status}.*ANKISYNC_AZURE_TTS_KEY"):
+        clip(azure_settings(tmp_path, azure))
+
+
+@pytest.mark.parametrize("mode, timeout, said", [("flood", 20, "sent more than 20 MB"),
+                                                 ("trickle", 1.5, "did not answer within 1.5 s")])
+def test_an_endless_answer_is_cut_off(openai, tmp_path, mode, timeout, said):
+    openai.answer_as = mode
+    settings = openai_settings(tmp_path, openai, ANKISYNC_OPENAI_TTS_TIMEOUT=timeout)
+    started = time.monotonic()
+    with pytest.raises(errors.TTSUnavailable, match=said):
+        clip(settings)
+    if mode == "trickle":  # each read gets a byte in time: the whole answer's deadline ends it
+        assert time.monotonic() - started < 5
+    assert not (tmp_path / "collection.media").exists()
 
 
 def test_openai_unknown_voice_names_the_voice_setting(openai, tmp_path):
