@@ -9,11 +9,13 @@ whatever host the redirect names. Every failure becomes TTSRefused (a person mus
 fix a setting, which the message names) or TTSUnavailable (retried).
 """
 
+import functools
 import http.client
 import json
 import logging
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -130,7 +132,7 @@ def _post(service, url, data, headers, timeout):
     """(body, content type) of a POST that answered 2xx; errors mapped for the job."""
     if url.startswith("http://") and service.key and not config.is_loopback(
             urllib.parse.urlsplit(url).hostname or ""):
-        log.warning("the %s key is sent unencrypted to %s", service.name, url)
+        _warn_unencrypted(service.name, url)
     request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     retried = "the job will be retried"
     deadline = time.monotonic() + timeout
@@ -150,6 +152,11 @@ def _post(service, url, data, headers, timeout):
             raise errors.TTSUnavailable(
                 f"{service.name} did not answer within {timeout:g} s"
                 f" ({service.timeout_setting}); {retried}") from None
+        if isinstance(reason, ssl.SSLCertVerificationError):  # a retry will not change it
+            raise errors.TTSRefused(
+                f"{service.name} at {service.where} has a certificate this machine does not"
+                f" trust ({reason.verify_message}): give {service.where_setting} an address"
+                " with a trusted certificate (or http:// for a server on this machine)") from None
         raise errors.TTSUnavailable(
             f"{service.name} at {service.where} could not be reached"
             f" ({_redact(service, str(reason))}); {retried}") from None
@@ -159,7 +166,15 @@ def _post(service, url, data, headers, timeout):
     except ValueError:  # a URL urllib cannot use
         raise errors.TTSRefused(f"{service.where_setting} {service.where!r} is not a usable"
                                 " URL, like http://127.0.0.1:8880") from None
+    except OSError as error:  # a TLS error mid-answer, and the like
+        raise errors.TTSUnavailable(f"{service.name} failed mid-answer ({type(error).__name__});"
+                                    f" {retried}") from None
     return body, kind
+
+
+@functools.cache  # once per address and process, not once per clip
+def _warn_unencrypted(name, url):
+    log.warning("the %s key is sent unencrypted to %s", name, url)
 
 
 def _read(service, answer, deadline):

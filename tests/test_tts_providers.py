@@ -200,6 +200,44 @@ def test_a_redirect_is_not_followed_with_the_key(openai, tmp_path):
         assert elsewhere.requests == []
 
 
+def self_signed(folder):
+    """(certificate, key) files of a self-signed certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_an_untrusted_certificate_is_refused_not_retried(tmp_path):
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*self_signed(tmp_path))
+    with FakeOpenAI() as fake:
+        fake._server.socket = context.wrap_socket(fake._server.socket, server_side=True)
+        settings = settings_for(tmp_path, ANKISYNC_TTS="openai", ANKISYNC_OPENAI_TTS_TIMEOUT=5,
+                                ANKISYNC_OPENAI_TTS_BASE_URL=fake.url.replace("http:", "https:"))
+        with pytest.raises(errors.TTSRefused, match="certificate.*ANKISYNC_OPENAI_TTS_BASE_URL"):
+            clip(settings)
+        assert fake.requests == []
+
+
 def test_nothing_listening_is_retried(tmp_path):
     from anki_server import free_port
     settings = settings_for(tmp_path, ANKISYNC_TTS="openai",
