@@ -322,7 +322,8 @@ VOICES = ("auto", "google", "openai", "azure", "espeak", "none")
 def setup_voice(args, current):
     """Choose the voice, try it once, and keep it (ANKISYNC_TTS, its settings, its key)."""
     voice = args.tts or ask("Voice: google, openai (or a compatible server such as"
-                            " Kokoro-FastAPI), azure, espeak (offline) or none [auto]: ") or current.tts
+                            " Kokoro-FastAPI), azure, espeak (offline) or none [auto]: ")
+    voice = voice or current.tts
     if voice not in VOICES:
         raise ConfigError(f"--tts {voice!r}: expected " + ", ".join(VOICES))
     kept, keys = stored_credentials(), tts.keys(current)
@@ -339,7 +340,7 @@ def setup_voice(args, current):
     provider = tts.choose(voice, keys["google"])
     if provider:
         check_voice(current, provider, keys)
-        log.info("voice %s works", tts.describe(provider, current, keys))
+        log.info("voice %s works (%s)", provider, tts.describe(provider, current, keys))
     else:
         log.warning("no voice: cards will be made without audio")
     if secrets:
@@ -373,11 +374,12 @@ def setup_openai(args, current, keys, env, secrets):
     current = _setting(current, env, "ANKISYNC_OPENAI_TTS_BASE_URL", base)
     current = _setting(current, env, "ANKISYNC_OPENAI_TTS_MODEL",
                        args.openai_model or current.openai_tts_model)
-    current = _setting(current, env, "ANKISYNC_OPENAI_TTS_VOICE", args.voice or current.openai_tts_voice)
+    current = _setting(current, env, "ANKISYNC_OPENAI_TTS_VOICE",
+                       args.voice or current.openai_tts_voice)
     key = read_key_file(args.openai_key_file, "--openai-key-file")
     if key is None and not keys["openai"]:
         key = ask("Its API key (empty for none: local servers want none): ", secret=True)
-    if key:
+    if key and key != keys["openai"]:
         keys["openai"] = secrets["openai_tts_api_key"] = key
     return current
 
@@ -396,12 +398,14 @@ def setup_azure(args, current, keys, env, secrets):
         raise ConfigError(f"--azure-endpoint {endpoint!r}: expected a URL starting with https://")
     current = _setting(current, env, "ANKISYNC_AZURE_TTS_REGION", region)
     current = _setting(current, env, "ANKISYNC_AZURE_TTS_ENDPOINT", endpoint)
-    current = _setting(current, env, "ANKISYNC_AZURE_TTS_VOICE", args.voice or current.azure_tts_voice)
+    current = _setting(current, env, "ANKISYNC_AZURE_TTS_VOICE",
+                       args.voice or current.azure_tts_voice)
     key = read_key_file(args.azure_key_file, "--azure-key-file") or keys["azure"] or ask(
         "Azure Speech key: ", secret=True)
     if not key:
         raise ConfigError("--tts azure needs the Speech resource's key: --azure-key-file PATH"
-                          " (- for stdin), ANKISYNC_AZURE_TTS_KEY_FILE, or the prompt at a terminal")
+                          " (- for stdin), ANKISYNC_AZURE_TTS_KEY_FILE, or the prompt at a"
+                          " terminal")
     if key != keys["azure"]:
         keys["azure"] = secrets["azure_tts_key"] = key
     return current
@@ -453,8 +457,8 @@ def parse_args(argv, app):
     setup_parser.add_argument("--username", help="sync login (or ANKISYNC_SETUP_USERNAME)")
     setup_parser.add_argument("--tts", choices=VOICES,
                               help="voice; stored as ANKISYNC_TTS in DATA_DIR/.env")
-    setup_parser.add_argument("--voice", metavar="NAME",
-                              help="voice name for --tts openai or azure (alloy, en-US-JennyNeural)")
+    setup_parser.add_argument("--voice", metavar="NAME", help="voice name for --tts openai"
+                                                             " or azure (alloy, en-US-JennyNeural)")
     setup_parser.add_argument("--openai-base-url", metavar="URL",
                               help="OpenAI-compatible server (https://api.openai.com,"
                                    " http://127.0.0.1:8880 for Kokoro-FastAPI)")

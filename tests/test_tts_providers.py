@@ -277,7 +277,8 @@ def test_ssml_cannot_be_broken_out_of():
 def test_azure_region_makes_the_regional_url():
     assert tts_rest.azure_url("westeurope", None) == (
         "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1")
-    assert tts_rest.azure_url(None, "http://127.0.0.1:9/") == "http://127.0.0.1:9/cognitiveservices/v1"
+    assert tts_rest.azure_url(None, "http://127.0.0.1:9/") == (
+        "http://127.0.0.1:9/cognitiveservices/v1")
     custom = "https://westeurope.voice.speech.microsoft.com/cognitiveservices/v1?deploymentId=x"
     assert tts_rest.azure_url("westeurope", custom) == custom
 
@@ -325,7 +326,8 @@ def test_azure_hang_times_out_within_its_setting(azure, tmp_path):
 def test_google_rate_and_pitch_are_sent(fake_tts, tmp_path):
     settings = settings_for(tmp_path, ANKISYNC_TTS="google", ANKISYNC_GOOGLE_API_KEY=GOOGLE_KEY,
                             ANKISYNC_GOOGLE_TTS_ENDPOINT=fake_tts.url,
-                            ANKISYNC_GOOGLE_TTS_SPEAKING_RATE="0.8", ANKISYNC_GOOGLE_TTS_PITCH="-2.5")
+                            ANKISYNC_GOOGLE_TTS_SPEAKING_RATE="0.8",
+                            ANKISYNC_GOOGLE_TTS_PITCH="-2.5")
     clip(settings)
     assert fake_tts.requests[0]["body"]["audioConfig"] == {
         "audioEncoding": "MP3", "speakingRate": 0.8, "pitch": -2.5}
