@@ -47,7 +47,8 @@ class FakeSpeech:
         self.valid_keys = valid_keys  # None: no key checked
         self.voices = voices  # None: any voice
         self.requests = []  # {"method", "path", "headers" (lower-case names), "body", ...}
-        # or "wav" (as LocalAI answers), "json" (200, not audio), "flood" (MP3 without
+        # or "chunked" (MP3 streamed in pieces, as Kokoro-FastAPI answers by default),
+        # "wav" (as LocalAI answers), "json" (200, not audio), "flood" (MP3 without
         # end or length), "trickle" (a byte every 0.2 s: each read succeeds, none ends)
         self.answer_as = "mp3"
         self.redirect_to = None  # the Location of a 3xx answer asked for with fail_next
@@ -134,7 +135,7 @@ class FakeSpeech:
         return status, extra, body
 
     def _audio(self):
-        if self.answer_as in ("flood", "trickle"):
+        if self.answer_as in ("flood", "trickle", "chunked"):
             return {"Content-Type": "audio/mpeg"}, self.answer_as
         if self.answer_as == "wav":
             return {"Content-Type": "audio/wav"}, SILENT_WAV
@@ -269,6 +270,15 @@ def _make_handler(fake):
                 self.end_headers()
                 self.close_connection = True
                 self._write_until_refused(SILENT_MP3, [bytes(64 * 1024)] * 640)  # 40 MB
+                return
+            if body == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for start in range(0, len(SILENT_MP3), 100):
+                    piece = SILENT_MP3[start:start + 100]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
                 return
             if body == "trickle":
                 self.send_header("Content-Length", "100000")

@@ -104,6 +104,20 @@ def test_openai_base_url_may_end_in_v1_and_a_local_server_gets_no_key(openai, tm
     assert "speed" not in request["body"]  # the default is not sent
 
 
+def test_openai_streamed_answer_is_stored_whole(openai, tmp_path):
+    openai.answer_as = "chunked"  # Kokoro-FastAPI streams unless told not to
+    settings = openai_settings(tmp_path, openai)
+    assert (settings.data_dir / "collection.media" / clip(settings)).read_bytes() == SILENT_MP3
+
+
+def test_keys_may_come_from_files(tmp_path):
+    (tmp_path / "openai.key").write_text(OPENAI_KEY + "\n")
+    (tmp_path / "azure.key").write_text(AZURE_KEY + "\n")
+    settings = settings_for(tmp_path, ANKISYNC_OPENAI_TTS_API_KEY_FILE=tmp_path / "openai.key",
+                            ANKISYNC_AZURE_TTS_KEY_FILE=tmp_path / "azure.key")
+    assert tts.keys(settings) == {"google": None, "openai": OPENAI_KEY, "azure": AZURE_KEY}
+
+
 def test_openai_answering_wav_is_stored_as_wav(openai, tmp_path):
     openai.answer_as = "wav"  # LocalAI's backends answer WAV whatever was asked
     settings = openai_settings(tmp_path, openai)
