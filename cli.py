@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -108,15 +109,8 @@ def init_storage(current):
 
 def voice(current):
     """The TTS provider in use, its credentials and voice, for the start-up log."""
-    stored = credentials.load(config.credentials_path(current))
-    key = current.google_api_key or stored.get("google_api_key")
-    provider = tts.choose(current.tts, key)
-    if provider == "google":
-        return ("google with an API key" if key else "google with GOOGLE_APPLICATION_CREDENTIALS="
-                f"{current.google_application_credentials}") + f", voice {current.tts_voice}"
-    if provider == "espeak":
-        return f"espeak (espeak-ng), voice {current.espeak_voice}"
-    return "none (cards without audio)"
+    keys = tts.keys(current)
+    return tts.describe(tts.choose(current.tts, keys["google"]), current, keys)
 
 
 def serve(args, app):
@@ -337,23 +331,22 @@ def ask(prompt, secret=False):
     return (getpass.getpass(prompt) if secret else input(prompt)).strip() or None
 
 
-def check_voice(current, provider, key):
+def check_voice(current, provider, keys):
     """Speak one short word now, so a bad key shows up here and not in the first card."""
     with tempfile.TemporaryDirectory() as scratch:
-        tts.ensure_clip(Path(scratch), "ankisync", provider=provider, api_key=key,
-                        endpoint=current.google_tts_endpoint, timeout=30,
-                        voice=current.espeak_voice if provider == "espeak" else current.tts_voice)
+        tts.ensure_clip(Path(scratch), "ankisync", tts.voice_for(provider, current),
+                        settings=current, keys=keys)
 
 
-def read_google_key(path):
-    """The key from --google-key-file: a file, or "-" for a line of stdin (never argv, which
-    every user of the machine sees in ps)."""
+def read_key_file(path, flag="--google-key-file"):
+    """The key from a --*-key-file flag: a file, or "-" for a line of stdin (never argv,
+    which every user of the machine sees in ps)."""
     if not path:
         return None
     try:
         text = sys.stdin.readline() if path == "-" else Path(path).read_text()
     except OSError as error:
-        raise ConfigError(f"--google-key-file {path}: cannot read it ({error.strerror})") from None
+        raise ConfigError(f"{flag} {path}: cannot read it ({error.strerror})") from None
     return text.strip() or None
 
 
@@ -381,28 +374,104 @@ def setup_login(args, current):
         do_login(username, password)
 
 
+VOICES = ("auto", "google", "openai", "azure", "espeak", "none")
+
+
 def setup_voice(args, current):
-    """Choose the voice, try it once, and keep it (ANKISYNC_TTS, the Google key)."""
-    voice = args.tts or ask("Voice: google, espeak (offline) or none [auto]: ") or current.tts
-    if voice not in ("auto", "google", "espeak", "none"):
-        raise ConfigError(f"--tts {voice!r}: expected auto, google, espeak or none")
-    stored_key = stored_credentials().get("google_api_key")
-    key = setup_google_key(args, current, voice, stored_key)
-    provider = tts.choose(voice, key)
+    """Choose the voice, try it once, and keep it (ANKISYNC_TTS, its settings, its key)."""
+    voice = args.tts or ask("Voice: google, openai (or a compatible server such as"
+                            " Kokoro-FastAPI), azure, espeak (offline) or none [auto]: ")
+    voice = voice or current.tts
+    if voice not in VOICES:
+        raise ConfigError(f"--tts {voice!r}: expected " + ", ".join(VOICES))
+    kept, keys = stored_credentials(), tts.keys(current)
+    env, secrets = {}, {}  # kept once the voice worked: for DATA_DIR/.env, for credentials
+    if voice in ("auto", "google"):
+        keys["google"] = setup_google_key(args, current, voice, kept.get("google_api_key"))
+        if keys["google"] and keys["google"] not in (current.google_api_key,
+                                                     kept.get("google_api_key")):
+            secrets["google_api_key"] = keys["google"]
+    elif voice == "openai":
+        current = setup_openai(args, current, keys, env, secrets)
+    elif voice == "azure":
+        current = setup_azure(args, current, keys, env, secrets)
+    provider = tts.choose(voice, keys["google"])
     if provider:
-        check_voice(current, provider, key)
-        log.info("voice %s works", provider)
+        check_voice(current, provider, keys)
+        log.info("voice %s works (%s)", provider, tts.describe(provider, current, keys))
     else:
         log.warning("no voice: cards will be made without audio")
-    if key and key not in (current.google_api_key, stored_key):  # kept once it worked
-        credentials.update(config.credentials_path(current), google_api_key=key)
+    if secrets:
+        credentials.update(config.credentials_path(current), **secrets)
     if voice != current.tts:
-        config.update_env_file(current.data_dir / ".env", ANKISYNC_TTS=voice)
+        env["ANKISYNC_TTS"] = voice
+    if env:
+        config.update_env_file(current.data_dir / ".env", **env)
+
+
+def _setting(current, env, name, value):
+    """current with setting name set to value, noted for .env when it changes."""
+    attribute = name.removeprefix("ANKISYNC_").lower()
+    if value != getattr(current, attribute):
+        env[name] = value
+        current = current._replace(**{attribute: value})
+    return current
+
+
+def setup_openai(args, current, keys, env, secrets):
+    """An OpenAI-compatible server: its URL, key (none for most local servers), model, voice."""
+    base = args.openai_base_url or current.openai_tts_base_url or ask(
+        "OpenAI-compatible server URL (https://api.openai.com, or e.g. http://127.0.0.1:8880"
+        " for Kokoro-FastAPI): ")
+    if not base:
+        raise ConfigError("--tts openai needs the server's URL: --openai-base-url URL, or"
+                          " ANKISYNC_OPENAI_TTS_BASE_URL")
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"--openai-base-url {base!r}: expected a URL starting with http://"
+                          " or https://, e.g. http://127.0.0.1:8880")
+    current = _setting(current, env, "ANKISYNC_OPENAI_TTS_BASE_URL", base)
+    current = _setting(current, env, "ANKISYNC_OPENAI_TTS_MODEL",
+                       args.openai_model or current.openai_tts_model)
+    current = _setting(current, env, "ANKISYNC_OPENAI_TTS_VOICE",
+                       args.voice or current.openai_tts_voice)
+    key = read_key_file(args.openai_key_file, "--openai-key-file")
+    if key is None and not keys["openai"]:
+        key = ask("Its API key (empty for none: local servers want none): ", secret=True)
+    if key and key != keys["openai"]:
+        keys["openai"] = secrets["openai_tts_api_key"] = key
+    return current
+
+
+def setup_azure(args, current, keys, env, secrets):
+    """Azure Speech: the resource's region (or an endpoint), its key, the voice."""
+    endpoint = args.azure_endpoint or current.azure_tts_endpoint
+    region = args.azure_region or current.azure_tts_region or (None if endpoint else ask(
+        "Azure Speech resource region (e.g. westeurope): "))
+    if not (region or endpoint):
+        raise ConfigError("--tts azure needs the Speech resource's region: --azure-region NAME"
+                          " (or ANKISYNC_AZURE_TTS_REGION, or ANKISYNC_AZURE_TTS_ENDPOINT)")
+    if region and not re.fullmatch(r"[a-z0-9]+", region):
+        raise ConfigError(f"--azure-region {region!r}: expected a region name such as westeurope")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"--azure-endpoint {endpoint!r}: expected a URL starting with https://")
+    current = _setting(current, env, "ANKISYNC_AZURE_TTS_REGION", region)
+    current = _setting(current, env, "ANKISYNC_AZURE_TTS_ENDPOINT", endpoint)
+    current = _setting(current, env, "ANKISYNC_AZURE_TTS_VOICE",
+                       args.voice or current.azure_tts_voice)
+    key = read_key_file(args.azure_key_file, "--azure-key-file") or keys["azure"] or ask(
+        "Azure Speech key: ", secret=True)
+    if not key:
+        raise ConfigError("--tts azure needs the Speech resource's key: --azure-key-file PATH"
+                          " (- for stdin), ANKISYNC_AZURE_TTS_KEY_FILE, or the prompt at a"
+                          " terminal")
+    if key != keys["azure"]:
+        keys["azure"] = secrets["azure_tts_key"] = key
+    return current
 
 
 def setup_google_key(args, current, voice, stored_key):
     """The Google key: --google-key-file, the settings or credentials, else asked for."""
-    key = read_google_key(args.google_key_file) or current.google_api_key or stored_key
+    key = read_key_file(args.google_key_file) or current.google_api_key or stored_key
     if voice in ("auto", "google") and not key:
         key = ask("Google text-to-speech API key (empty to skip): ", secret=True)
         if key is None and voice == "google":
@@ -445,8 +514,21 @@ def parse_args(argv, app):
                     " missing is asked when a person is at the terminal, else skipped."
                     " The password comes from ANKISYNC_SETUP_PASSWORD or stdin.")
     setup_parser.add_argument("--username", help="sync login (or ANKISYNC_SETUP_USERNAME)")
-    setup_parser.add_argument("--tts", choices=("auto", "google", "espeak", "none"),
+    setup_parser.add_argument("--tts", choices=VOICES,
                               help="voice; stored as ANKISYNC_TTS in DATA_DIR/.env")
+    setup_parser.add_argument("--voice", metavar="NAME", help="voice name for --tts openai"
+                                                             " or azure (alloy, en-US-JennyNeural)")
+    setup_parser.add_argument("--openai-base-url", metavar="URL",
+                              help="OpenAI-compatible server (https://api.openai.com,"
+                                   " http://127.0.0.1:8880 for Kokoro-FastAPI)")
+    setup_parser.add_argument("--openai-model", metavar="NAME", help="its model (tts-1, kokoro)")
+    setup_parser.add_argument("--openai-key-file", metavar="PATH",
+                              help="file holding its API key (- reads a line of stdin)")
+    setup_parser.add_argument("--azure-region", metavar="NAME", help="Azure Speech region")
+    setup_parser.add_argument("--azure-endpoint", metavar="URL",
+                              help="Azure speech URL instead of the region's")
+    setup_parser.add_argument("--azure-key-file", metavar="PATH",
+                              help="file holding the Azure Speech key (- reads a line of stdin)")
     setup_parser.add_argument("--google-key-file", metavar="PATH",
                               help="file holding the Google TTS API key (- reads a line of"
                                    " stdin, after the password); stored in credentials")

@@ -112,9 +112,30 @@ def _level(value):
 
 def _tts(value):
     value = value.lower()
-    if value not in ("auto", "google", "espeak", "none"):
-        raise ValueError("expected auto, google, espeak or none")
+    if value not in ("auto", "google", "openai", "azure", "espeak", "none"):
+        raise ValueError("expected auto, google, openai, azure, espeak or none")
     return value
+
+
+def _between(low, high):
+    """A parser of a number from low to high (a speaking rate, a pitch)."""
+    def parse(value):
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"expected a number from {low:g} to {high:g}")
+        return number
+    return parse
+
+
+def _optional_seconds(value):
+    return _seconds(value) if value else None
+
+
+def _region(value):
+    # it becomes part of a host name: nothing that could name another host
+    if value and not re.fullmatch(r"[a-z0-9]+", value):
+        raise ValueError("expected an Azure region name such as westeurope or eastus")
+    return value or None
 
 
 def _text(value):
@@ -164,9 +185,36 @@ SETTINGS = [
     ("ANKISYNC_GOOGLE_API_KEY", "", _text, "Google TTS API key (or GOOGLE_APPLICATION_CREDENTIALS)"),
     ("ANKISYNC_GOOGLE_TTS_ENDPOINT", "", _url, "TTS API endpoint override (tests, proxies)"),
     ("ANKISYNC_TTS", "auto", _tts,
-     "voice: google, espeak (offline, espeak-ng), none, or auto (Google if it has a key)"),
+     "voice: google, openai (or a compatible server), azure, espeak (offline, espeak-ng),"
+     " none, or auto (Google if it has a key, else espeak-ng if installed, else none)"),
     ("ANKISYNC_TTS_VOICE", "en-US-Wavenet-D", str, "Google voice name"),
+    ("ANKISYNC_GOOGLE_TTS_SPEAKING_RATE", "1.0", _between(0.25, 4.0),
+     "Google speaking rate, 0.25 to 4.0 (1.0: the voice's own)"),
+    ("ANKISYNC_GOOGLE_TTS_PITCH", "0", _between(-20, 20),
+     "Google pitch in semitones, -20 to 20"),
+    ("ANKISYNC_GOOGLE_TTS_TIMEOUT", "", _optional_seconds,
+     "seconds one Google request may take (empty: a quarter of ANKISYNC_TASK_TIMEOUT, 5 to 30)"),
+    ("ANKISYNC_OPENAI_TTS_BASE_URL", "", _url,
+     "OpenAI-compatible speech server, e.g. https://api.openai.com or http://127.0.0.1:8880"
+     " (Kokoro-FastAPI); POST BASE/v1/audio/speech"),
+    ("ANKISYNC_OPENAI_TTS_API_KEY", "", _text,
+     "its key (empty: none sent, as local servers want)"),
+    ("ANKISYNC_OPENAI_TTS_MODEL", "tts-1", str, "its model (tts-1, tts-1-hd, kokoro...)"),
+    ("ANKISYNC_OPENAI_TTS_VOICE", "alloy", str, "its voice (alloy, af_heart...)"),
+    ("ANKISYNC_OPENAI_TTS_SPEED", "1.0", _between(0.25, 4.0), "its speed, 0.25 to 4.0"),
+    ("ANKISYNC_OPENAI_TTS_TIMEOUT", "", _optional_seconds,
+     "seconds one request to it may take (empty: as for Google)"),
+    ("ANKISYNC_AZURE_TTS_KEY", "", _text, "Azure Speech resource key"),
+    ("ANKISYNC_AZURE_TTS_REGION", "", _region, "Azure Speech resource region, e.g. westeurope"),
+    ("ANKISYNC_AZURE_TTS_ENDPOINT", "", _url,
+     "Azure speech URL instead of the region's (custom voices, proxies)"),
+    ("ANKISYNC_AZURE_TTS_VOICE", "en-US-JennyNeural", str, "Azure voice name"),
+    ("ANKISYNC_AZURE_TTS_RATE", "1.0", _between(0.5, 2.0), "Azure speaking rate, 0.5 to 2.0"),
+    ("ANKISYNC_AZURE_TTS_TIMEOUT", "", _optional_seconds,
+     "seconds one Azure request may take (empty: as for Google)"),
     ("ANKISYNC_ESPEAK_VOICE", "en-us", str, "espeak-ng voice (espeak-ng --voices)"),
+    ("ANKISYNC_ESPEAK_TIMEOUT", "", _optional_seconds,
+     "seconds espeak-ng may take for one clip (empty: as for Google)"),
     ("ANKISYNC_DECK", "English Vocabulary", str, "deck that new cards go to"),
     ("ANKISYNC_TASK_TIMEOUT", "300", _seconds, "seconds a job may run"),
     ("ANKISYNC_RESULT_TTL", "86400", _seconds, "seconds finished jobs stay queryable"),
@@ -252,6 +300,13 @@ def weak_key(key):
 
 def check(settings):
     """Checks across settings; a ConfigError naming the variables."""
+    if settings.tts == "openai" and not settings.openai_tts_base_url:
+        raise ConfigError("ANKISYNC_TTS=openai needs ANKISYNC_OPENAI_TTS_BASE_URL:"
+                          " https://api.openai.com for OpenAI, or your server's address,"
+                          " e.g. http://127.0.0.1:8880 for Kokoro-FastAPI")
+    if settings.tts == "azure" and not (settings.azure_tts_region or settings.azure_tts_endpoint):
+        raise ConfigError("ANKISYNC_TTS=azure needs ANKISYNC_AZURE_TTS_REGION (your Speech"
+                          " resource's region, e.g. westeurope) or ANKISYNC_AZURE_TTS_ENDPOINT")
     if settings.ankiconnect_listen:
         host, port = settings.ankiconnect_listen
         key = settings.ankiconnect_key

@@ -1,8 +1,11 @@
-"""Spoken clips, cached by content in the media folder.
+"""Spoken clips, cached by content in the media folder, from one of the voices.
 
-Two voices: Google Cloud Text-to-Speech (MP3), and espeak-ng, which runs offline
-on a Pi (WAV, which Anki plays everywhere). Worker only: `google.cloud` is
-imported inside functions, so importing this module costs nothing.
+The providers, each one function behind `speak`: Google Cloud Text-to-Speech (MP3,
+its client library), an OpenAI-compatible server and Azure Speech (MP3, plain REST:
+tts_rest.py), and espeak-ng, which runs offline on a Pi (WAV, which Anki plays
+everywhere). A clip is stored in the format the provider really sent, under the
+extension that says so. Worker only: `google.cloud` is imported inside functions,
+so importing this module costs nothing.
 """
 
 import hashlib
@@ -16,13 +19,18 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+from typing import NamedTuple
 
 import config
+import credentials
 import errors
+import tts_rest
 
 log = logging.getLogger(__name__)
 
-AUDIO_FORMAT = {"google": "mp3", "espeak": "wav"}  # provider -> what it makes
+PROVIDERS = ("google", "openai", "azure", "espeak")
+AUDIO_FORMAT = {"google": "mp3", "openai": "mp3", "azure": "mp3", "espeak": "wav"}  # asked for
+EXTENSIONS = ("mp3", "wav", "ogg", "flac", "aac")  # what a clip on disk may be
 ESPEAK = "espeak-ng"
 VOICES_URL = "https://cloud.google.com/text-to-speech/docs/voices"
 
@@ -37,6 +45,96 @@ _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 _LANGUAGE = re.compile(r"^([a-z]{2,3}-[A-Za-z0-9]{2,4})-")
 
+
+class Voice(NamedTuple):
+    """Everything that changes how a provider says a text (and so a clip's name)."""
+    provider: str  # google, openai, azure, espeak
+    name: str  # the provider's voice name
+    rate: float = 1.0  # 1.0: the voice's own speed
+    pitch: float = 0.0  # semitones (Google only)
+    model: str = ""  # OpenAI-compatible servers only
+
+
+def voice_for(provider, settings):
+    """The voice the settings give provider."""
+    if provider == "google":
+        return Voice("google", settings.tts_voice, settings.google_tts_speaking_rate,
+                     settings.google_tts_pitch)
+    if provider == "openai":
+        return Voice("openai", settings.openai_tts_voice, settings.openai_tts_speed,
+                     model=settings.openai_tts_model)
+    if provider == "azure":
+        return Voice("azure", settings.azure_tts_voice, settings.azure_tts_rate)
+    return Voice("espeak", settings.espeak_voice)
+
+
+def stored(voice):
+    """A voice as the job table keeps it: [provider, {what changes the audio}]."""
+    return [voice.provider, voice._asdict()]
+
+
+def from_stored(value):
+    """The voice a job kept; jobs of older versions kept [provider, voice name]."""
+    provider, voice = value
+    return Voice(**voice) if isinstance(voice, dict) else Voice(provider, voice)
+
+
+def job_voice(kept, current, settings, keys):
+    """The voice to speak a job in: the one it was first spoken in while that provider is
+    still set up (its clips may be made already), else today's."""
+    if not kept:
+        return current
+    voice = from_stored(kept)
+    if voice.provider == current.provider or usable(voice.provider, settings, keys):
+        return voice
+    return current
+
+
+def keys(settings):
+    """Each provider's key: from the environment or .env, else as `setup` stored it."""
+    kept = credentials.load(config.credentials_path(settings))
+    return {"google": settings.google_api_key or kept.get("google_api_key"),
+            "openai": settings.openai_tts_api_key or kept.get("openai_tts_api_key"),
+            "azure": settings.azure_tts_key or kept.get("azure_tts_key")}
+
+
+def usable(provider, settings, keys):
+    """Whether provider is set up enough to be asked (a bad key still shows when asked)."""
+    if provider == "google":
+        return available(keys["google"])
+    if provider == "openai":
+        return bool(settings.openai_tts_base_url)
+    if provider == "azure":
+        return bool(keys["azure"] and (settings.azure_tts_region or settings.azure_tts_endpoint))
+    return provider == "espeak" and bool(shutil.which(ESPEAK))
+
+
+def timeout_for(provider, settings):
+    """Seconds one request of provider may take: its setting, else a slice of the job's time
+    (so that a hung server ends in a retry instead of the whole job timing out)."""
+    given = (settings.espeak_timeout if provider == "espeak"
+             else getattr(settings, f"{provider}_tts_timeout"))
+    return given or max(5, min(30, int(settings.task_timeout / 4)))
+
+
+def describe(provider, settings, keys):
+    """The voice in use, for the start-up log (no secret)."""
+    if provider is None:
+        return "none (cards without audio)"
+    voice = voice_for(provider, settings)
+    pace = f", rate {voice.rate:g}" if voice.rate != 1.0 else ""
+    if provider == "google":
+        how = ("google with an API key" if keys["google"] else "google with"
+               f" GOOGLE_APPLICATION_CREDENTIALS={settings.google_application_credentials}")
+        pitch = f", pitch {voice.pitch:g}" if voice.pitch else ""
+        return f"{how}, voice {voice.name}{pace}{pitch}"
+    if provider == "openai":
+        return (f"openai at {settings.openai_tts_base_url}, model {voice.model},"
+                f" voice {voice.name}{pace}")
+    if provider == "azure":
+        where = settings.azure_tts_endpoint or f"region {settings.azure_tts_region}"
+        return f"azure ({where}), voice {voice.name}{pace}"
+    return f"espeak (espeak-ng), voice {voice.name}"
 
 
 TEMP_PREFIX = ".ankisync-"  # clips being written: "<TEMP_PREFIX>*.tmp"
@@ -76,10 +174,11 @@ def available(api_key: str | None) -> bool:
 
 
 def choose(setting: str, api_key: str | None) -> str | None:
-    """The voice provider to use: "google", "espeak" or None (cards without audio).
+    """The voice provider to use: "google", "openai", "azure", "espeak" or None (no audio).
 
     ANKISYNC_TTS=auto takes Google when there are credentials, else espeak-ng
-    when it is installed; "google", "espeak" and "none" force the choice.
+    when it is installed (as it always has: auto never picks a paid or remote
+    service the user did not name); any other value forces the choice.
     """
     if setting == "auto":
         if available(api_key):
@@ -88,43 +187,104 @@ def choose(setting: str, api_key: str | None) -> str | None:
     return None if setting == "none" else setting
 
 
-def clip_name(text: str, voice: str, provider: str = "google") -> str:
-    """The media file name for text in voice: a hash, so no user text reaches the disk name."""
-    # Everything that changes the audio goes into the hash, nothing else does.
-    audio_format = AUDIO_FORMAT[provider]
-    identity = json.dumps([provider, voice, audio_format, speakable(text)])
-    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
-    return "ankisync-%s.%s" % (digest[:24], audio_format)
+def _identity(text, voice):
+    """What the clip's name hashes: everything that changes the audio, nothing else."""
+    identity = [voice.provider, voice.name, AUDIO_FORMAT[voice.provider], speakable(text)]
+    extras = {field: value for field, value, plain in (
+        ("rate", voice.rate, 1.0), ("pitch", voice.pitch, 0.0), ("model", voice.model, ""))
+        if value != plain}
+    # Left out when plain, so clips made before rate and pitch existed keep their names.
+    return json.dumps(identity + [extras] if extras else identity)
 
 
-def ensure_clip(media_dir: pathlib.Path, text: str, *, voice: str, api_key: str | None,
-                endpoint: str | None, timeout: float, provider: str = "google",
+def clip_name(text: str, voice, provider: str = "google", extension: str | None = None) -> str:
+    """The media file name for text in voice (a Voice, or a voice name of provider): a hash,
+    so no user text reaches the disk name."""
+    if isinstance(voice, str):
+        voice = Voice(provider, voice)
+    digest = hashlib.sha256(_identity(text, voice).encode("utf-8")).hexdigest()
+    return "ankisync-%s.%s" % (digest[:24], extension or AUDIO_FORMAT[voice.provider])
+
+
+def _cached(media_dir, text, voice):
+    """The name of the clip already made for text in voice, in whatever format it came."""
+    stem = clip_name(text, voice).rpartition(".")[0]
+    for extension in EXTENSIONS:
+        path = media_dir / f"{stem}.{extension}"
+        if path.is_file() and path.stat().st_size > 0:
+            return path.name
+    return None
+
+
+def audio_extension(data: bytes) -> str | None:
+    """The file extension for audio data, from its first bytes; None if it is not audio."""
+    if data.startswith(b"RIFF") and data[8:12] == b"WAVE":
+        return "wav"
+    if data.startswith(b"OggS"):
+        return "ogg"
+    if data.startswith(b"fLaC"):
+        return "flac"
+    if len(data) > 1 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0:  # ADTS: layer bits 00
+        return "aac"
+    return "mp3" if is_mp3(data) else None
+
+
+def ensure_clip(media_dir: pathlib.Path, text: str, voice: Voice, *, settings, keys: dict,
                 temp_dir: pathlib.Path | None = None, clients: dict | None = None) -> str:
-    """Return the name of the clip for text in media_dir, synthesizing it if missing.
+    """Return the name of the clip for text in media_dir, speaking it if missing.
 
     The clip is written in temp_dir first (default: media_dir's parent), never
-    in the media folder, whose every file goes to the sync server. clients: the
-    caller's cache of Google clients (see synthesize).
+    in the media folder, whose every file goes to the sync server. keys: each
+    provider's key (see keys()); clients: the caller's cache of Google clients.
     """
-    name = clip_name(text, voice, provider)
-    path = media_dir / name
     # A clip on disk is the cache: a job run again reuses what its last run paid for.
-    if path.is_file() and path.stat().st_size > 0:
+    name = _cached(media_dir, text, voice)
+    if name:
         log.debug("reusing clip %s", name)
         return name
     words = speakable(text)
     if not words:
         raise errors.BadNote("there is nothing to say: the text is empty once cloze "
                              "markers and HTML are removed")
-    if provider == "espeak":
-        audio = synthesize_espeak(words, voice=voice, timeout=timeout)
-    else:
-        audio = synthesize(words, voice=voice, api_key=api_key, endpoint=endpoint,
-                           timeout=timeout, clients=clients)
+    audio, extension = speak(words, voice, settings=settings, keys=keys, clients=clients)
+    name = clip_name(text, voice, extension=extension)
     media_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, audio, temp_dir or media_dir.parent)
+    _write_atomically(media_dir / name, audio, temp_dir or media_dir.parent)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
     return name
+
+
+def speak(words: str, voice: Voice, *, settings, keys: dict,
+          clients: dict | None = None) -> tuple[bytes, str]:
+    """(audio, file extension) of words said in voice by its provider; raises TTSRefused
+    (a setting to fix, named) or TTSUnavailable (try again later)."""
+    timeout = timeout_for(voice.provider, settings)
+    if voice.provider == "google":
+        return synthesize(words, voice=voice.name, api_key=keys["google"], timeout=timeout,
+                          endpoint=settings.google_tts_endpoint, clients=clients,
+                          rate=voice.rate, pitch=voice.pitch), "mp3"
+    if voice.provider == "espeak":
+        return synthesize_espeak(words, voice=voice.name, timeout=timeout), "wav"
+    if voice.provider == "openai":
+        name, setting = "the OpenAI-compatible speech server", "ANKISYNC_OPENAI_TTS_BASE_URL"
+        audio, kind = tts_rest.openai_speech(
+            words, base_url=settings.openai_tts_base_url, api_key=keys["openai"],
+            model=voice.model, voice=voice.name, speed=voice.rate, timeout=timeout)
+    elif voice.provider == "azure":
+        name, setting = "Azure Speech", "ANKISYNC_AZURE_TTS_ENDPOINT or _REGION"
+        audio, kind = tts_rest.azure_speech(
+            words, region=settings.azure_tts_region, endpoint=settings.azure_tts_endpoint,
+            api_key=keys["azure"], voice=voice.name, rate=voice.rate, timeout=timeout)
+    else:
+        raise errors.TTSRefused(f"ANKISYNC_TTS={voice.provider!r} is no voice provider: expected"
+                                " one of auto, " + ", ".join(PROVIDERS) + " or none")
+    extension = audio_extension(audio)
+    if extension is None:
+        # LocalAI may send WAV whatever was asked: that is stored as .wav; this is not audio.
+        raise errors.TTSUnavailable(
+            f"{name} answered with something that is not audio ({kind or 'no content type'},"
+            f" {len(audio)} bytes): check {setting}; the job will be retried")
+    return audio, extension
 
 
 def _write_atomically(path, data, temp_dir):
@@ -178,7 +338,8 @@ def language_code(voice: str) -> str:
 
 
 def synthesize(text: str, *, voice: str, api_key: str | None, endpoint: str | None,
-               timeout: float, clients: dict | None = None) -> bytes:
+               timeout: float, clients: dict | None = None, rate: float = 1.0,
+               pitch: float = 0.0) -> bytes:
     """MP3 audio of text spoken by voice; raises TTSRefused or TTSUnavailable.
 
     clients: where to keep one client per (api_key, endpoint) (the Worker's): a
@@ -188,12 +349,17 @@ def synthesize(text: str, *, voice: str, api_key: str | None, endpoint: str | No
     from google.cloud import texttospeech
 
     language = language_code(voice)
+    tuning = {}  # sent only when set: a plain request stays what it always was
+    if rate != 1.0:
+        tuning["speaking_rate"] = rate
+    if pitch:
+        tuning["pitch"] = pitch
     try:
         response = _client(api_key, endpoint, clients).synthesize_speech(
             input=texttospeech.SynthesisInput(text=text),
             voice=texttospeech.VoiceSelectionParams(language_code=language, name=voice),
             audio_config=texttospeech.AudioConfig(
-                audio_encoding=texttospeech.AudioEncoding.MP3),
+                audio_encoding=texttospeech.AudioEncoding.MP3, **tuning),
             # No retries here: a failed job is retried by the queue, with backoff.
             retry=None,
             timeout=timeout,
@@ -217,8 +383,9 @@ def synthesize(text: str, *, voice: str, api_key: str | None, endpoint: str | No
 
 def is_mp3(data: bytes) -> bool:
     """Whether data starts like an MP3 file: an ID3 tag or an MPEG audio frame header."""
+    # frame sync (11 bits set) and a layer (bits 00 are AAC's ADTS, not MPEG audio)
     return data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF
-                                       and data[1] & 0xE0 == 0xE0)
+                                       and data[1] & 0xE0 == 0xE0 and data[1] & 0x06 != 0)
 
 
 def _client(api_key, endpoint, clients):

@@ -34,12 +34,6 @@ def _call_timeout(settings):
     return max(5, min(30, int(settings.task_timeout / 4)))
 
 
-def google_key(settings):
-    """The TTS key: from the environment or .env, else from `setup`."""
-    stored = credentials.load(config.credentials_path(settings))
-    return settings.google_api_key or stored.get("google_api_key")
-
-
 def session(settings):
     """The stored sync session, or None before any login."""
     stored = credentials.load(config.credentials_path(settings)).get("sync")
@@ -114,29 +108,27 @@ class Worker:
         of voice reuses the clips already made, and the note's clips are those).
         """
         settings = self.settings
-        key = google_key(settings)
-        provider = tts.choose(settings.tts, key)
+        keys = tts.keys(settings)
+        provider = tts.choose(settings.tts, keys["google"])
         if not cards:
             return {}
         if provider is None:
             return {job_id: None for job_id in cards}
-        voice = settings.espeak_voice if provider == "espeak" else settings.tts_voice
-        voices = jobs.fix_voices(self.db, list(cards), [provider, voice])
-        options = dict(provider=provider, api_key=key, endpoint=settings.google_tts_endpoint,
-                       timeout=_call_timeout(settings), temp_dir=tts.temp_dir(settings.data_dir),
+        current = tts.voice_for(provider, settings)
+        voices = jobs.fix_voices(self.db, list(cards), tts.stored(current))
+        options = dict(settings=settings, keys=keys, temp_dir=tts.temp_dir(settings.data_dir),
                        clients=self._tts_clients)
         media = config.media_dir(settings)
         if self._speakers is None:
             self._speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
 
-        def voice_of(job_id):  # another provider than the job's (a key removed): today's voice
-            fixed = voices.get(job_id)
-            return fixed[1] if fixed and fixed[0] == provider else voice
+        def voice_of(job_id):  # its first voice, unless that provider is no longer set up
+            return tts.job_voice(voices.get(job_id), current, settings, keys)
 
         wanted = {(text, voice_of(job_id)) for job_id, card in cards.items()
                   for text in (card["word"], card["englishExample"])}
         futures = {(text, spoken_in): self._speakers.submit(tts.ensure_clip, media, text,
-                                                       voice=spoken_in, **options)
+                                                            spoken_in, **options)
                    for text, spoken_in in wanted}
         clips = {}
         for job_id, card in cards.items():

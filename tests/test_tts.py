@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import config
 import errors
 import tts
 from fake_tts import FakeTTS  # conftest.py puts tests/ and the project on sys.path
@@ -34,9 +35,16 @@ def speak(fake, text="Hello there.", *, key=KEY, voice=VOICE, timeout=5.0):
     return tts.synthesize(text, voice=voice, api_key=key, endpoint=fake.url, timeout=timeout)
 
 
-def clip(fake, media, text, *, voice=VOICE):
-    return tts.ensure_clip(media, text, voice=voice, api_key=KEY, endpoint=fake.url,
-                           timeout=5.0)
+def settings(fake, tmp_path, voice=VOICE):
+    return config.load({"ANKISYNC_DATA_DIR": str(tmp_path), "ANKISYNC_GOOGLE_API_KEY": KEY,
+                        "ANKISYNC_GOOGLE_TTS_ENDPOINT": fake.url, "ANKISYNC_TTS_VOICE": voice,
+                        "ANKISYNC_GOOGLE_TTS_TIMEOUT": "5"})
+
+
+def clip(fake, media, text, *, voice=VOICE, temp_dir=None):
+    current = settings(fake, media.parent, voice)
+    return tts.ensure_clip(media, text, tts.voice_for("google", current), settings=current,
+                           keys=tts.keys(current), temp_dir=temp_dir)
 
 
 # speakable
@@ -267,8 +275,7 @@ def test_failed_clip_leaves_nothing_so_a_retry_calls_again(fake, tmp_path):
 
 def test_clips_are_written_through_the_temporary_folder(fake, tmp_path):
     media, scratch = tmp_path / "collection.media", tmp_path / "tmp"
-    name = tts.ensure_clip(media, "story", voice=VOICE, api_key=KEY, endpoint=fake.url,
-                           timeout=5.0, temp_dir=scratch)
+    name = clip(fake, media, "story", temp_dir=scratch)
     assert [p.name for p in media.iterdir()] == [name] and list(scratch.iterdir()) == []
 
 
@@ -303,7 +310,8 @@ def test_auto_picks_google_with_a_key_else_espeak_when_installed(monkeypatch):
 def test_espeak_speaks_wav_offline(tmp_path):
     audio = tts.synthesize_espeak("--version is not an option here", voice="en-us", timeout=20)
     assert audio[:4] == b"RIFF" and audio[8:12] == b"WAVE" and len(audio) > 10_000
-    name = tts.ensure_clip(tmp_path, "He told the {{c1::tale}}.", provider="espeak",
-                           voice="en-us", api_key=None, endpoint=None, timeout=20)
+    current = config.load({"ANKISYNC_DATA_DIR": str(tmp_path), "ANKISYNC_ESPEAK_TIMEOUT": "20"})
+    name = tts.ensure_clip(tmp_path, "He told the {{c1::tale}}.", tts.Voice("espeak", "en-us"),
+                           settings=current, keys=tts.keys(current))
     assert name.endswith(".wav") and name != tts.clip_name("He told the tale.", "en-us")
     assert (tmp_path / name).read_bytes()[:4] == b"RIFF"
