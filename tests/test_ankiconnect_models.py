@@ -1,6 +1,7 @@
 """AnkiConnect's model (note type) actions and updateNoteModel, through the worker's port,
 and what an edit of a note type's schema does to the sync."""
 
+import contextlib
 import http.client
 import itertools
 import threading
@@ -298,13 +299,15 @@ class SyncProxy:
     """Passes requests on to the sync server, and fails the ones it is told to.
 
     answers maps a request path ("/sync/meta", "/sync/upload") to an iterator of
-    "pass" or "fail" for its next requests; a failed one gets a 500.
+    "pass", "fail" or "hold" for its next requests; a failed one gets a 500, a held
+    one waits for release() (holding is set meanwhile), then fails.
     """
 
     def __init__(self, target):
         self.target = urlsplit(target)
         self.answers = {}
         self.seen = []
+        self.holding, self.released = threading.Event(), threading.Event()
         proxy = self
 
         class Forward(BaseHTTPRequestHandler):
@@ -313,7 +316,11 @@ class SyncProxy:
             def do_POST(self):
                 body = self._body()
                 proxy.seen.append(self.path)
-                if next(proxy.answers.get(self.path, iter(())), "pass") == "fail":
+                answer = next(proxy.answers.get(self.path, iter(())), "pass")
+                if answer == "hold":
+                    proxy.holding.set()
+                    proxy.released.wait(60)
+                if answer != "pass":
                     self._answer(500, [], b"proxy: failed on purpose")
                     return
                 conn = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port,
@@ -359,7 +366,11 @@ class SyncProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
+    def release(self):
+        self.released.set()
+
     def __exit__(self, *exc_info):
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 
@@ -515,3 +526,37 @@ def test_a_schema_change_is_refused_or_undone_when_its_syncs_fail(
         assert names == ["Front", "Back", "At last"]
         assert {"kept through every failure", "word1"} <= set(found)
         service.kill()
+
+
+@pytest.mark.slow
+def test_power_cut_during_the_full_upload_loses_no_note(make_service, account, sync_server,
+                                                        tmp_path):
+    with SyncProxy(sync_server.url) as proxy:
+        service, ac = start_with_ankiconnect_and_voice(make_service,
+                                                       ANKISYNC_SYNC_ENDPOINT=proxy.url)
+        service.sync_login(account)
+        wait_for_log(service, "synced (")
+        ac("addNote", note=basic("added over AnkiConnect"))
+        job = service.post_card(card(1))[1]["taskId"]
+        assert service.wait(job)[0]["status"] == "success"
+        assert ac("sync")["synced"] is True
+
+        proxy.answers = {"/sync/upload": iter(["hold"])}
+        def edit():
+            with contextlib.suppress(OSError):  # its answer never comes
+                ac.raw("modelFieldAdd", modelName="Basic", fieldName="Lost")
+        threading.Thread(target=edit, daemon=True).start()
+        assert proxy.holding.wait(60), service.logs()
+        service.kill()  # the power goes, the collection closed for the upload
+        service.process.wait(10)
+        proxy.release()
+
+        service.start()
+        wait_for_port(service, ac.port)
+        # the server never got the upload: the next sync takes its copy back
+        assert ac("sync")["outcome"] == "downloaded"
+        assert ac("modelFieldNames", modelName="Basic") == ["Front", "Back"]
+        assert ac("findNotes", query='"added over AnkiConnect"')
+        names, found = fresh_copy(tmp_path, sync_server, account, "fresh")
+        assert names == ["Front", "Back"]
+        assert {"added over AnkiConnect", "word1"} <= set(found)
