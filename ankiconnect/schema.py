@@ -64,7 +64,9 @@ def change(context, name, plan):
             col = context.collection()
             alters, apply = plan(col)
             before = _schema_time(col)
+            step = col.add_custom_undo_entry(name)  # all it does, undone as one
             result = apply(col)
+            col.merge_undo_entries(step)
             undo_point = col.undo_status()
             if not logged_in or _schema_time(col) == before:
                 context.sync_soon()  # nothing to upload (or no one to upload to) yet

@@ -497,6 +497,13 @@ def test_a_schema_change_is_refused_or_undone_when_its_syncs_fail(
             assert "not done: the full upload it needs failed, so it was undone" in undone
             assert list(ac("modelTemplates", modelName="Basic")) == ["Card 1"]
             assert len(ac("findCards", query="deck:Default")) == 1
+            proxy.answers = {"/sync/meta": iter(["pass", "fail"])}
+            retyped = ac("findNotes", query='"kept through every failure"')[0]
+            assert "undone" in ac.error("updateNoteModel", note={
+                "id": retyped, "modelName": "Cloze", "fields": {"Text": "{{c1::x}}"}})
+            [info] = ac("notesInfo", notes=[retyped])  # both its steps undone
+            assert info["modelName"] == "Basic" and info["tags"] == ["test"]
+            assert info["fields"]["Front"]["value"] == "kept through every failure"
 
             # the upload itself fails, after the collection was closed for it: a sync at
             # once takes the server's copy back, which undoes the edit and keeps every note
