@@ -136,7 +136,7 @@ def _local_sync_marks(col: Collection) -> tuple:
 
 def sync(col: Collection, hkey: str, endpoint: str | None,
          reapply: Callable[[Collection], None], io_timeout: int = 30,
-         media_timeout: float = 120.0, wait_media: bool = True) -> dict:
+         media_timeout: float = 120.0, wait_media: bool = True, upload: bool = False) -> dict:
     """Sync the collection and its media; return what happened.
 
     {"outcome": "no_changes"|"normal"|"uploaded"|"downloaded",
@@ -146,7 +146,9 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
     io_timeout bounds each network wait; media_timeout the whole media sync
     (files not sent by then go up next time). With wait_media False the media
     sync is only started: the caller waits with wait_for_media, and need not
-    keep others from the collection meanwhile.
+    keep others from the collection meanwhile. With upload, a full sync the
+    server asks for is a full upload: for the caller that synced normally, then
+    changed the schema, and so holds all the server had.
     """
     endpoint = endpoint or None
     auth = SyncAuth(hkey=hkey, endpoint=endpoint, io_timeout_secs=io_timeout)
@@ -173,6 +175,10 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
             outcome = "normal" if _local_sync_marks(col) != before else "no_changes"
         elif out.required == SyncOutput.FULL_UPLOAD:
             # the server's collection is empty: ours must go up, or cards never arrive
+            _full_sync(col, auth, upload=True)
+            outcome = "uploaded"
+        elif upload and out.required == SyncOutput.FULL_SYNC:
+            # our schema change, made right after a normal sync: ours holds everything
             _full_sync(col, auth, upload=True)
             outcome = "uploaded"
         else:

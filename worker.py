@@ -63,7 +63,9 @@ class Worker:
         # Held by whoever uses the collection: the job running in the main thread, or
         # the AnkiConnect endpoint's threads in this same process.
         self.lock = threading.RLock()
-        self.sync_lock = threading.Lock()  # one sync at a time, media included
+        # One sync at a time, media included; reentrant, so that a schema change can hold
+        # it from the sync before the change through the full upload after it.
+        self.sync_lock = threading.RLock()
         self._collection = None
         self._speakers = None  # the thread pool that speaks, made on first use
         self._tts_clients = {}  # Google's, kept: see tts.synthesize
@@ -292,8 +294,13 @@ class Worker:
                 continue
             log.info("job %s: note re-applied after full download", job["id"])
 
-    def sync(self):
-        """Sync collection and media; False when there is no login to sync with."""
+    def sync(self, full_upload=False):
+        """Sync collection and media; False when there is no login to sync with.
+
+        full_upload: the server's demand for a full sync is met by uploading this
+        collection whole. Only for the sync right after a schema change that
+        followed a sync, the sync lock held from before that sync (ankiconnect.schema).
+        """
         settings, path = self.settings, self.db
         stored = session(settings)
         if not stored:
@@ -306,7 +313,7 @@ class Worker:
                 with self.lock:
                     col = self.collection()
                     outcome = ankiweb.sync(col, stored["hkey"], stored["endpoint"],
-                                           wait_media=False, **options)
+                                           wait_media=False, upload=full_upload, **options)
                 # The media sync runs by itself: AnkiConnect may read meanwhile.
                 ankiweb.wait_for_media(col, outcome["new_endpoint"] or stored["endpoint"],
                                        auth=outcome["auth"])
