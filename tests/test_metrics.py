@@ -4,6 +4,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -77,6 +78,11 @@ def test_a_scrape_counts_what_the_job_table_holds(make_service, account, fake_tt
 
     # a restarted worker purges the finished jobs (ANKISYNC_RESULT_TTL=1): the job table
     # forgets them, the histograms keep them, and nothing counted in a process is lost
+    # (the worker purges at its start what finished more than the TTL before: the
+    # restart must come after that, or the purge keeps them till the next hour)
+    wait_until(lambda: time.time() - table(service, "SELECT max(completed_at)"
+                                                    " FROM ankisync_jobs")[0] > 1.5,
+               "the jobs to be older than ANKISYNC_RESULT_TTL")
     service.stop()
     service.start()
     wait_until(lambda: table(service, "SELECT count(*) FROM ankisync_jobs")[0] == 0,
