@@ -129,6 +129,10 @@ def _wait_for_media(col: Collection, timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+def _has_no_cards(col: Collection) -> bool:
+    return col.db.scalar("select not exists (select 1 from cards)") == 1
+
+
 def _local_sync_marks(col: Collection) -> tuple:
     # mod (last change) and ls (last sync) move only when a sync moved data
     return tuple(col.db.first("select mod, ls from col"))
@@ -177,8 +181,11 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
             # the server's collection is empty: ours must go up, or cards never arrive
             _full_sync(col, auth, upload=True)
             outcome = "uploaded"
-        elif upload and out.required == SyncOutput.FULL_SYNC:
-            # our schema change, made right after a normal sync: ours holds everything
+        elif out.required == SyncOutput.FULL_SYNC and (upload or _has_no_cards(col)):
+            # upload: our schema change, made right after a normal sync, so ours holds
+            # everything. No cards here: Anki asks both ways only when both sides or
+            # neither hold cards, so the server has none either, and what was made
+            # here before the first note (a client's deck, its note type) must go up
             _full_sync(col, auth, upload=True)
             outcome = "uploaded"
         else:

@@ -392,10 +392,6 @@ def test_yomitan_lookup_and_add_reach_a_fresh_collection(make_service, account, 
 # --- a new, empty sync account ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ankiweb.sync answers FULL_SYNC with a download: on an account with no notes yet, the"
-    " first full sync after a deck or note type is made (before any note) replaces them"
-    " with the server's empty copy"))
 def test_a_deck_made_on_a_new_account_before_any_note_reaches_the_server(
         make_service, account, sync_server, tmp_path):
     """A new self-hosted account: log in, then a client's setup makes its deck first
