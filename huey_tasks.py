@@ -365,7 +365,8 @@ def start_worker():
     import ankiconnect  # worker-only, as worker: they bring anki
     import worker
     huey.notifier = notify.Notifier(huey.settings)
-    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd},
+    huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd,
+                                                              "deletion": ankiconnect.readd},
                                 notifier=huey.notifier)
     recover()
     purge_finished()

@@ -16,7 +16,8 @@ import timings
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ankisync_jobs (
     id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL DEFAULT 'cloze', -- cloze (REST card) or ankiconnect (a note added there)
+    kind TEXT NOT NULL DEFAULT 'cloze', -- cloze (REST card), ankiconnect (a note added
+                                        -- there) or deletion (notes deleted there)
     status TEXT NOT NULL,            -- pending, started, retrying, success, failure
     request TEXT NOT NULL,           -- the card's fields, JSON
     created_at REAL NOT NULL,
@@ -243,7 +244,8 @@ def reopen(path, job_id):
 
 def recent(path, status=None, limit=20, before=None):
     """Jobs newest first, optionally of one status, older than the job `before`."""
-    sql, args = "SELECT * FROM ankisync_jobs WHERE 1", []
+    # (an AnkiConnect deletion's record is no job a person asked for: not listed)
+    sql, args = "SELECT * FROM ankisync_jobs WHERE kind != 'deletion'", []
     if status:
         sql += " AND status = ?"
         args.append(status)
@@ -408,7 +410,7 @@ def fold_into_hours(conn, where, *args):
     conn.execute(
         "INSERT INTO ankisync_hourly (hour, cards, failures)"
         f" SELECT CAST(completed_at / 3600 AS INTEGER) AS h, sum(status = 'success'),"
-        f" sum({FAILED}) FROM ankisync_jobs WHERE {where} GROUP BY h"
+        f" sum({FAILED}) FROM ankisync_jobs WHERE ({where}) AND kind != 'deletion' GROUP BY h"
         " ON CONFLICT (hour) DO UPDATE SET cards = cards + excluded.cards,"
         " failures = failures + excluded.failures", args)
     conn.execute("DELETE FROM ankisync_hourly WHERE hour < ?",
@@ -428,7 +430,7 @@ def daily(path, days, offset, now=None):
     live = conn.execute(
         f"SELECT CAST((completed_at - :first) / 86400 AS INTEGER) AS day,"
         f" sum(status = 'success'), sum({FAILED}) FROM ankisync_jobs"
-        " WHERE completed_at >= :first GROUP BY day", {"first": first})
+        " WHERE completed_at >= :first AND kind != 'deletion' GROUP BY day", {"first": first})
     purged = conn.execute(
         "SELECT CAST((hour * 3600 - :first) / 86400 AS INTEGER) AS day, sum(cards),"
         " sum(failures) FROM ankisync_hourly WHERE hour >= CAST(:first / 3600 AS INTEGER)"

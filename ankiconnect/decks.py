@@ -1,5 +1,6 @@
 """Deck actions."""
 
+from ankiconnect import deletions
 from ankiconnect.dispatch import ActionError, action, collection_action
 
 
@@ -54,8 +55,16 @@ def deleteDecks(context, decks, cardsToo=False):
                           "to delete decks without deleting cards as well")
     with context.worker.lock:
         col = context.collection()
-        ids = [col.decks.id_for_name(name) for name in decks if isinstance(name, str)]
-        col.decks.remove([did for did in ids if did is not None])
+        ids = [did for did in (col.decks.id_for_name(name) for name in decks
+                               if isinstance(name, str)) if did is not None]
+        # the decks' notes (subdecks' too) go with them: remembered like deleteNotes's
+        every = sorted({child for did in ids for child in col.decks.deck_and_child_ids(did)})
+        if every:
+            marks = ", ".join("?" * len(every))
+            deletions.remove_notes(context, col, col.db.list(
+                f"select distinct nid from cards where did in ({marks}) or odid in ({marks})",
+                *every, *every))
+        col.decks.remove(ids)
     context.sync_soon()
 
 

@@ -16,6 +16,7 @@ from anki.utils import checksum
 
 import config
 import jobs
+from ankiconnect import deletions
 from ankiconnect.decks import deck as _deck
 from ankiconnect.dispatch import ActionError, action, collection_action
 from ankiconnect.media import attach_media, fetch_media
@@ -165,16 +166,11 @@ def _add(context, col, request, media):
 
 def readd(col, job):
     """Add an AnkiConnect job's note again, same guid, after a full download; or,
-    for a deletion's job, delete its notes again."""
+    for a deletion's record, delete its notes again."""
     request = json.loads(job["request"])
-    if "deleteGuids" in request:
-        guids, found = request["deleteGuids"], []
-        for start in range(0, len(guids), 500):  # under SQLite's limit of bound values
-            batch = guids[start:start + 500]
-            found += col.db.list(f"select id from notes where guid in ({', '.join('?' * len(batch))})",
-                                 *batch)
-        col.remove_notes(found)
-        log.info("AnkiConnect: deleted %s notes again after a full download", len(found))
+    if job["kind"] == deletions.KIND or "deleteGuids" in request:  # (older records: "ankiconnect")
+        log.info("AnkiConnect: deleted %s notes again after a full download",
+                 deletions.redelete(col, job))
         return
     model = col.models.by_name(request["modelName"])
     if model is None:
@@ -407,28 +403,8 @@ def removeTags(context, notes, tags):
 def deleteNotes(context, notes):
     """Delete the notes; the jobs that added any of them no longer re-add it after a full download."""
     with context.worker.lock:
-        col = context.collection()
-        _forget_jobs(context, col, notes)
-        col.remove_notes(notes)
+        deletions.remove_notes(context, context.collection(), notes)
     context.sync_soon()
-
-
-def _forget_jobs(context, col, note_ids):
-    """Make a deletion outlive a full download that comes before it is synced.
-
-    The jobs that added any of these notes no longer re-add them; the other notes
-    (from another device, or imported) are remembered by guid in a job of their
-    own, which `readd` turns into deleting them again after the download. Like
-    any job it is purged once synced: then the server has the deletion too."""
-    guids = {guid for guid in (col.db.scalar("select guid from notes where id=?", note_id)
-                               for note_id in note_ids) if guid is not None}
-    path = config.db_path(context.settings)
-    ours = [job["id"] for job in jobs.added(path) if note_guid(job["id"]) in guids]
-    jobs.mark_deleted(path, ours)
-    others = sorted(guids - {note_guid(job_id) for job_id in ours})
-    if others:
-        jobs.create_done(path, "ankiconnect", {"deleteGuids": others},
-                         {"deletedNotes": len(others)})
 
 
 def _is_empty(fields):
@@ -446,8 +422,7 @@ def removeEmptyNotes(context):
         empty = [note_id for note_id, fields in col.db.execute("select id, flds from notes")
                  if _is_empty(fields)]
         if empty:
-            _forget_jobs(context, col, empty)
-            col.remove_notes(empty)
+            deletions.remove_notes(context, col, empty)
     if empty:
         log.info("AnkiConnect: removed %s empty notes", len(empty))
         context.sync_soon()

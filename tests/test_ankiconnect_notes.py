@@ -159,3 +159,54 @@ def test_deleting_a_note_from_another_device_outlives_a_full_download(make_servi
     assert _fronts(tmp_path, sync_server, account) == ["added here"]
     assert ac("findNotes", query='"phone note deleted here"') == []
     assert "deleted 1 notes again after a full download" in service.logs()
+
+
+def test_deleting_our_own_synced_note_outlives_a_full_download(make_service, account,
+                                                               sync_server, tmp_path):
+    # our note reached the server (and the phone); it is deleted here, and before that
+    # deletion is synced the phone uploads its whole collection after a schema change:
+    # the full download here brings the note back, and the deletion must take it again
+    other = tmp_path / "other"
+    seed_other_device(other, sync_server.url, account, "phone note")
+    service = start_with_ankiconnect(make_service)
+    service.sync_login(account)
+    ac = Client(service.ac_port)
+    wait_for_log(service, "synced (")
+    ours = ac("addNote", note=basic("ours, synced, then deleted"))
+    ac("sync")
+    col = Collection(str(other / "collection.anki2"))
+    try:
+        auth = col.sync_login(account, "pass", sync_server.url)
+        col.sync_collection(auth, sync_media=False)
+        assert col.find_notes('"ours, synced, then deleted"')
+        basic_type = col.models.by_name("Basic")
+        col.models.add_field(basic_type, col.models.new_field("Extra"))
+        col.models.update_dict(basic_type)
+        upload_collection(col, sync_server.url, account, "pass")
+    finally:
+        col.close()
+    assert ac("deleteNotes", notes=[ours]) is None
+    assert ac("sync")["outcome"] == "downloaded"
+    assert ac("findNotes", query='"ours, synced, then deleted"') == []
+    assert "ours, synced, then deleted" not in _fronts(tmp_path, sync_server, account)
+
+
+def test_a_deleted_decks_notes_stay_deleted_after_a_full_download(make_service, account,
+                                                                 sync_server, tmp_path):
+    # deleteDecks with cardsToo takes the deck's notes (its subdecks' too); the first
+    # sync after login is a full download, whose re-adding must skip them
+    seed_other_device(tmp_path / "other", sync_server.url, account, "from the phone")
+    service = start_with_ankiconnect(make_service)
+    ac = Client(service.ac_port)
+    ac("addNote", note=basic("kept"))
+    ac("createDeck", deck="Temp::Sub")
+    ac("addNote", note=basic("gone with its deck", deck="Temp"))
+    ac("addNote", note=basic("gone with its subdeck", deck="Temp::Sub"))
+    assert ac("deleteDecks", decks=["Temp"], cardsToo=True) is None
+    assert ac("findNotes", query='gone') == []
+    assert ac.error("deleteNotes", notes=["1"]) == (
+        "notes must be a list of note ids (whole numbers)")
+    service.sync_login(account)
+    wait_for_log(service, "synced (downloaded)")
+    assert ac("findNotes", query='gone') == []
+    assert sorted(_fronts(tmp_path, sync_server, account)) == ["from the phone", "kept"]
