@@ -525,22 +525,28 @@ def metrics_page():
     return metrics.render(settings())
 
 
+FORWARDED = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
 def check_metrics_access():
-    """Any program on this machine; from others, the metrics key or an API access token.
-    Never a web page: Prometheus sends no Origin, a browser's cross-site fetch does."""
+    """With ANKISYNC_METRICS_KEY set: that key or an API access token, from anyone.
+    Without: any program on this machine, unless it forwards for another (a reverse
+    proxy), which needs a token. Never a web page: Prometheus sends no Origin, a
+    browser's cross-site fetch does."""
     headers = bottle.request.headers
     if headers.get("Origin"):
         raise ApiError(403, "/metrics is read by Prometheus, not by web pages")
-    if config.is_loopback(bottle.request.environ.get("REMOTE_ADDR", "").removeprefix("::ffff:")):
-        return
     key, bearer = settings().metrics_key, headers.get("Authorization", "")
+    if not key and not any(headers.get(name) for name in FORWARDED) and config.is_loopback(
+            bottle.request.environ.get("REMOTE_ADDR", "").removeprefix("::ffff:")):
+        return
     if key and bearer.lower().startswith("bearer ") and hmac.compare_digest(
             bearer[7:].strip().encode(), key.encode()):
         return
     try:
         access_claims()
     except ApiError:
-        raise ApiError(401, "/metrics from another machine needs the header Authorization:"
+        raise ApiError(401, "/metrics needs the header Authorization:"
                             " Bearer <ANKISYNC_METRICS_KEY>" + ("" if key else
                             " (set ANKISYNC_METRICS_KEY first)") + ", or an API access token"
                        ) from None

@@ -136,7 +136,11 @@ def serve(args, app):
             # fails past 1,024 descriptors; each idle connection costs a few KB), and idle
             # ones are closed after 30 s, checked every 5 s, instead of 120 s every 30 s.
             connection_limit=800, asyncore_use_poll=True, channel_timeout=30,
-            cleanup_interval=5)
+            cleanup_interval=5,
+            # Proxy headers reach the app, which trusts them for nothing (the caller is
+            # REMOTE_ADDR) but sees that a local request came through a reverse proxy
+            # (ankisync.check_metrics_access); waitress would drop them unseen.
+            clear_untrusted_proxy_headers=False)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): is ankisync already"
                           " running? Stop it, or set ANKISYNC_LISTEN to another port") from None

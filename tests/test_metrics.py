@@ -111,9 +111,12 @@ def from_the_lan(service, headers):
     return json.loads(done.stdout)
 
 
-def test_only_loopback_reads_metrics_unless_given_the_key(make_service):
+def test_with_a_key_every_caller_needs_it(make_service):
     service = make_service(ANKISYNC_METRICS="on", ANKISYNC_METRICS_KEY=METRICS_KEY)
-    assert send(service.port, "GET", "/metrics", source="127.0.0.2")[0] == 200
+    # this machine too: behind a reverse proxy on it, everyone's requests come from here
+    assert send(service.port, "GET", "/metrics", source="127.0.0.2")[0] == 401
+    assert send(service.port, "GET", "/metrics", source="127.0.0.2", headers={
+        "Authorization": f"Bearer {METRICS_KEY}"})[0] == 200
     status, body = from_the_lan(service, {})
     assert status == 401 and "Authorization: Bearer <ANKISYNC_METRICS_KEY>" in body, body
     assert "ankisync_jobs" not in body
@@ -135,8 +138,14 @@ def test_only_loopback_reads_metrics_unless_given_the_key(make_service):
     assert "too weak" in result.stderr
 
 
-def test_without_a_key_the_lan_is_told_to_set_one(make_service):
+def test_without_a_key_only_this_machine_reads_them_and_not_through_a_proxy(make_service):
     service = make_service(ANKISYNC_METRICS="on")
+    assert send(service.port, "GET", "/metrics", source="127.0.0.2")[0] == 200
+    for forwarded in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"},
+                      {"X-Real-IP": "203.0.113.9"}):
+        status, _, raw = send(service.port, "GET", "/metrics", source="127.0.0.2",
+                              headers=forwarded)
+        assert status == 401 and b"set ANKISYNC_METRICS_KEY first" in raw, forwarded
     status, body = from_the_lan(service, {"HTTP_AUTHORIZATION": "Bearer anything-at-all"})
     assert status == 401 and "set ANKISYNC_METRICS_KEY first" in body
 
