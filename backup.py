@@ -61,12 +61,18 @@ def prepare(folder):
     return folder
 
 
+MEANINGFUL = ("ankisync_jobs", "ankisync_hourly")
+
+
 def snapshot_jobs(path):
     """A consistent in-memory copy of the job database, and a digest of its rows.
 
     The copy is SQLite's online backup: one read transaction, while the API and
-    the worker go on writing. The digest is of the rows, not the pages: a task
-    queued and taken (this backup's own request) leaves the pages changed.
+    the worker go on writing. The digest is of the rows that make a backup worth
+    keeping (MEANINGFUL), not the pages: Huey's queue (this backup's own request, a
+    periodic sync rescheduling itself), the state an idle service keeps writing
+    (last sync, alerts sent) and rotated login tokens change without a card or
+    note changing, and would otherwise rotate the useful backups away.
     """
     if not path.exists():
         raise BackupFailed(f"{path} does not exist: nothing to back up (is ANKISYNC_DATA_DIR"
@@ -77,8 +83,13 @@ def snapshot_jobs(path):
         source.backup(copy)
     finally:
         source.close()
-    digest = hashlib.sha256("\n".join(copy.iterdump()).encode()).hexdigest()
-    return copy, digest
+    digest = hashlib.sha256()
+    for table in MEANINGFUL:
+        # (a table an older data dir lacks counts as empty)
+        if copy.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+            for row in copy.execute(f"SELECT * FROM {table} ORDER BY rowid"):
+                digest.update(repr(row).encode())
+    return copy, digest.hexdigest()
 
 
 def read_last(folder):
@@ -227,8 +238,10 @@ def rotate(folder, keep):
 
 def take_in_worker(worker, folder, keep, stop=None):
     """The worker's backup: under the collection's lock, so no job or AnkiConnect action
-    changes it meanwhile. stop, when set, means the worker is closing: nothing is done."""
-    with worker.lock:
+    changes it meanwhile, and the sync lock (taken first, as everywhere), as a backup may
+    reopen the collection, which a sync waiting for its media still uses. stop, when
+    set, means the worker is closing: nothing is done."""
+    with worker.sync_lock, worker.lock:
         if stop is not None and stop.is_set():
             return None
 

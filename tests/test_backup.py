@@ -97,10 +97,13 @@ def test_backup_during_a_burst_is_consistent_then_idle_writes_nothing_and_rotate
     for task_id in posted:
         job, _ = service.wait(task_id)
         assert job["status"] == "success" and job["result"]["synced"], job
+    # one more card: a change since the first backup, however far the burst had gone then
+    job, _ = service.wait(service.post_card(card(40))[1]["taskId"])
+    assert job["status"] == "success", job
     second = backup_now(service)
     col = open_colpkg(next(p for p in second if p.name.endswith(".colpkg")), tmp_path / "second")
     try:
-        assert col.note_count() == 30
+        assert col.note_count() == 31
     finally:
         col.close()
     assert all(job["status"] == "success" for job in
@@ -157,6 +160,28 @@ def test_scheduled_backups_write_only_when_something_changed(make_service, tmp_p
     assert job["status"] == "success", job
     wait_until(lambda: len(list(folder.glob("*Z-*"))) == len(written) + 2,
                lambda: "a backup of the change:\n" + service.logs())
+
+
+def test_an_idle_service_that_syncs_periodically_writes_no_new_backup(
+        make_service, sync_server, account, tmp_path):
+    # the periodic sync reschedules itself in Huey's queue and records each sync: that
+    # changes the job database's pages, not its cards; no backup is written for it
+    service = make_service(ANKISYNC_BACKUP_INTERVAL=0.3, ANKISYNC_SYNC_INTERVAL=0.5,
+                           ANKISYNC_BACKUP_DIR=tmp_path / "saved")
+    service.sync_login(account)
+    job, _ = service.wait(service.post_card(card(1))[1]["taskId"])
+    assert job["status"] == "success", job
+    wait_for_log(service, "backup written")
+    wait_for_log(service, "backup: nothing changed")
+    folder = tmp_path / "saved"
+    written = sorted(p.name for p in folder.glob("*Z-*"))
+    syncs = service.logs().count("synced (")
+    wait_until(lambda: service.logs().count("synced (") >= syncs + 3,
+               lambda: "three periodic syncs:\n" + service.logs())
+    checks = service.logs().count("backup: nothing changed")
+    wait_until(lambda: service.logs().count("backup: nothing changed") >= checks + 2,
+               lambda: "two more backup checks:\n" + service.logs())
+    assert sorted(p.name for p in folder.glob("*Z-*")) == written
 
 
 def test_restore_refused_while_running_then_brings_back_every_job_and_note(
