@@ -144,12 +144,16 @@ def test_every_requirement_has_a_wheel_for_arm64(tmp_path):
 
 
 def test_the_build_context_leaves_secrets_and_data_out(base_image, tmp_path):
-    """`COPY . .` takes the folder compose.yaml sits in, where the user keeps data/ and
-    secrets/: none of it may end up in an image, which anyone it is given to can read.
+    """`COPY . .` takes the folder compose.yaml sits in, where the user keeps data/,
+    secrets/ and maybe backups: none of it may end up in an image, which anyone it is
+    given to can read.
     The project's .dockerignore, on a folder such as a user's, with the same COPY."""
     context = tmp_path / "ankisync"
     for name in ("ankisync.py", "data/credentials.json", "secrets/google_api_key", ".env",
-                 ".venv/bin/python", "tests/test_api.py", "ankiconnect/server.py"):
+                 ".venv/bin/python", "tests/test_api.py", "ankiconnect/server.py",
+                 "backups/20261130T000000Z-jobs.db", "words.apkg",
+                 "replaced-20261130T000000Z/collection.anki2",
+                 "ankiconnect/__pycache__/server.cpython-311.pyc"):
         (context / name).parent.mkdir(parents=True, exist_ok=True)
         (context / name).write_text("x")
     shutil.copy(ROOT / ".dockerignore", context)
