@@ -57,7 +57,7 @@ def service_status(current):
 def voice_in_use(current, stored):
     """The voice new cards are spoken in, or None when they get no audio."""
     provider = tts.choose(current.tts, current.google_api_key or stored.get("google_api_key"))
-    return {"google": current.tts_voice, "espeak": current.espeak_voice}.get(provider)
+    return None if provider is None else tts.voice_for(provider, current).name
 
 
 def ankiconnect_status(current, pid):

@@ -435,6 +435,9 @@ def test_a_card_spoken_by_each_provider_reaches_a_fresh_collection(
             assert request["headers"]["ocp-apim-subscription-key"] == AZURE_KEY
             assert request["voice"] == "en-US-JennyNeural" and request["language"] == "en-US"
     assert f"text-to-speech {provider}" in service.logs()
+    health = service.call("GET", "/api/v1/health")[2]  # what the status page shows
+    assert health["tts"] == provider
+    assert health["voice"] == ("alloy" if provider == "openai" else "en-US-JennyNeural")
 
 
 @pytest.mark.parametrize("provider, setting", [("openai", "ANKISYNC_OPENAI_TTS_API_KEY"),
