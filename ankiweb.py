@@ -186,6 +186,10 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
             # everything. No cards here: Anki asks both ways only when both sides or
             # neither hold cards, so the server has none either, and what was made
             # here before the first note (a client's deck, its note type) must go up
+            if not upload:
+                log.warning("%s asks for a full sync and neither side holds a card yet:"
+                            " uploading this collection over the server's (its decks and"
+                            " note types, if any, are replaced)", _server_name(endpoint))
             _full_sync(col, auth, upload=True)
             outcome = "uploaded"
         else:
