@@ -29,7 +29,6 @@ Restore leaves collection.media as it is.
 Worker process and command line only: anki is imported where it is used.
 """
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import config
 import db
+import locks
 from errors import AlreadyRunning, AnkisyncError, BackupFailed, ConfigError, DamagedFile
 
 log = logging.getLogger(__name__)
@@ -281,23 +281,6 @@ def answer(db_path, request, result):
 # --- the command line -----------------------------------------------------------------
 
 
-def _try_lock(settings, role, command):
-    """The role's lock ("api", "worker") for this command, if nobody holds it: (fd, None);
-    else (None, [holder's pid, what it is]). The worker writes its pid and address there
-    when it starts; a command holding it writes its pid and name."""
-    path = config.lock_path(settings, role)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
-        os.close(fd)
-        return None, holder
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
-    return fd, None
-
-
 def backup(settings, folder, ask_worker):
     """`./run.sh backup [DIR]`: the result of take(), or None when nothing changed.
 
@@ -307,7 +290,7 @@ def backup(settings, folder, ask_worker):
     if not config.db_path(settings).exists():  # before anything is made there
         raise BackupFailed(f"{config.db_path(settings)} does not exist: nothing to back up (is"
                            " ANKISYNC_DATA_DIR right?)")
-    fd, holder = _try_lock(settings, "worker", "backup")
+    fd, holder = locks.try_lock(settings, "worker", "backup")
     if fd is None and holder[-1] in ("backup", "restore"):  # no worker to ask
         raise BackupFailed(f"another ./run.sh {holder[-1]} (pid {holder[0]}) is at work on this"
                            " data dir: try again when it is done")
@@ -386,10 +369,10 @@ def restore(settings, files):
         raise ConfigError("name the files to restore, e.g. ./run.sh restore"
                           " data/backups/20261130T063700Z-*")
     config.ensure_data_dir(settings)
-    locks = []
+    held = []
     try:
         for role in ("api", "worker"):
-            fd, holder = _try_lock(settings, role, "restore")
+            fd, holder = locks.try_lock(settings, role, "restore")
             if fd is None and holder[-1] in ("backup", "restore"):
                 raise AlreadyRunning(f"a ./run.sh {holder[-1]} (pid {holder[0]}) is at work on"
                                      " this data dir: try again when it is done. Nothing was"
@@ -400,10 +383,10 @@ def restore(settings, files):
                     f" {role.replace('api', 'API')} has pid {holder[0]}): stop it first (sudo"
                     " systemctl stop ankisync, docker compose stop, or Ctrl-C where ./run.sh"
                     " runs), then run ./run.sh restore again. Nothing was restored")
-            locks.append(fd)
+            held.append(fd)
         return _restore(settings, [Path(name) for name in files])
     finally:
-        for fd in locks:
+        for fd in held:
             os.close(fd)
 
 

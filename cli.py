@@ -26,6 +26,7 @@ import credentials
 import db
 import huey_tasks
 import jobs
+import locks
 import notify
 import tts
 from errors import AlreadyRunning, AnkisyncError, ConfigError, DamagedFile
@@ -55,22 +56,16 @@ def hold_lock(current, role):
     process (and the worker's children, which inherit it).
     """
     config.ensure_data_dir(current)
-    path = config.lock_path(current, role)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
-        os.close(fd)
+    host, port = current.listen
+    fd, holder = locks.try_lock(current, role, f"{host}:{port}")
+    if fd is None:
         raise AlreadyRunning(
             f"ankisync is already running on the data dir {current.data_dir.resolve()}: its"
             f" {role.replace('api', 'API')}"
-            f" has pid {holder[0]}, its API listens on {holder[-1]} ({path} is locked). Stop it"
+            f" has pid {holder[0]}, its API listens on {holder[-1]}"
+            f" ({config.lock_path(current, role)} is locked). Stop it"
             " first (sudo systemctl stop ankisync, or Ctrl-C where ./run.sh runs), or give this"
-            " one its own ANKISYNC_DATA_DIR") from None
-    host, port = current.listen
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {host}:{port}\n".encode(), 0)
+            " one its own ANKISYNC_DATA_DIR")
     return fd
 
 
