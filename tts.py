@@ -249,7 +249,7 @@ def ensure_clip(media_dir: pathlib.Path, text: str, voice: Voice, *, settings, k
     audio, extension = speak(words, voice, settings=settings, keys=keys, clients=clients)
     name = clip_name(text, voice, extension=extension)
     media_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(media_dir / name, audio, temp_dir or media_dir.parent)
+    write_atomically(media_dir / name, audio, temp_dir or media_dir.parent)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
     return name
 
@@ -287,7 +287,7 @@ def speak(words: str, voice: Voice, *, settings, keys: dict,
     return audio, extension
 
 
-def _write_atomically(path, data, temp_dir):
+def write_atomically(path, data, temp_dir):
     """Write data to path so a reader (or a crash) never sees half a file.
 
     The temporary file is made in temp_dir, on the same file system as path
