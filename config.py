@@ -104,7 +104,7 @@ def _hosts(value):
 
 
 def _audio_hosts(value):
-    """Hosts (host, or host:port; [v6]:port) recordings may be fetched from: (host, port or None)."""
+    """Hosts recordings may be fetched from (host, host:port, [v6]:port): (host, port)."""
     hosts = []
     for entry in (e.strip().lower().rstrip(".") for e in value.split(",")):
         if not entry:

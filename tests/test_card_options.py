@@ -125,6 +125,19 @@ def test_a_voice_the_provider_refuses_fails_the_job_naming_the_field(service, fa
     assert job["attempts"] == 1
 
 
+def test_espeak_speaks_at_the_cards_rate(make_service):
+    service = make_service(ANKISYNC_TTS="espeak", ANKISYNC_GOOGLE_API_KEY=None)
+    sizes = {}
+    for n, rate in enumerate((None, 2.0, 0.5)):
+        job = finished(service, service.post_card(dict(card(40 + n, "rhythm"),
+                                                       speakingRate=rate))[1])
+        assert job["status"] == "success", job
+        word = job["result"]["audio"]["word"]
+        assert word.endswith(".wav")
+        sizes[rate] = (service.data_dir / "collection.media" / word).stat().st_size
+    assert sizes[2.0] < sizes[None] < sizes[0.5], sizes  # faster is shorter
+
+
 BAD = [
     ("deck", ""), ("deck", "   "), ("deck", "Cambridge\tB2"), ("deck", "line\nbreak"),
     ("deck", "x" * 201), ("deck", 5), ("deck", ["a"]),
@@ -250,7 +263,8 @@ def test_the_dictionarys_recording_is_the_notes_word_audio(make_service, sites, 
     dictionary, _ = sites
     service = make_service(ANKISYNC_AUDIO_URL_HOSTS=dictionary.host)
     service.sync_login(account)
-    body = service.post_card(dict(card(8, "sonorous"), wordAudioUrl=f"{dictionary.url}/word.mp3"))[1]
+    body = service.post_card(dict(card(8, "sonorous"),
+                                  wordAudioUrl=f"{dictionary.url}/word.mp3"))[1]
     job = finished(service, body)
     assert job["status"] == "success", job
     word, text = job["result"]["audio"]["word"], job["result"]["audio"]["text"]
@@ -301,7 +315,8 @@ def test_a_listed_name_that_resolves_to_this_machine_is_never_fetched(make_servi
     dictionary, _ = sites
     port = dictionary.server_address[1]
     service = make_service(ANKISYNC_AUDIO_URL_HOSTS=f"localhost:{port}")
-    status, body = service.post_card(dict(card(30), wordAudioUrl=f"http://localhost:{port}/word.mp3"))
+    status, body = service.post_card(dict(card(30),
+                                          wordAudioUrl=f"http://localhost:{port}/word.mp3"))
     assert status == 202, body  # the form is fine: the worker resolves the name
     job = finished(service, body)
     assert job["status"] == "failure" and job["error"]["type"] == "WordAudioRefused", job
