@@ -205,6 +205,14 @@ class Site(BaseHTTPRequestHandler):
                 self.wfile.write(RECORDING)
                 for _ in range(HUGE // 2**16):
                     self.wfile.write(bytes(2**16))
+            elif self.path == "/slow.mp3":  # the first request hangs: a server gone silent
+                with server.lock:
+                    server.slow_calls += 1
+                    first = server.slow_calls == 1
+                if first:
+                    server.release.wait(60)
+                    return
+                self._send(200, RECORDING, "audio/mpeg")
             elif self.path == "/flaky.mp3":
                 with server.lock:
                     server.failures -= 1
@@ -236,6 +244,7 @@ def start_site():
         threading.Lock(), 0
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
+    server.slow_calls, server.release = 0, threading.Event()
     server.host = f"127.0.0.1:{server.server_address[1]}"
     server.url = f"http://{server.host}"
     return server
@@ -247,6 +256,7 @@ def sites():
     dictionary, other = start_site(), start_site()
     yield dictionary, other
     for server in (dictionary, other):
+        server.release.set()
         server.shutdown()
         server.server_close()
 
@@ -335,3 +345,16 @@ def test_a_recording_that_failed_for_a_while_is_fetched_on_retry(make_service, s
     word = job["result"]["audio"]["word"]
     assert (service.data_dir / "collection.media" / word).read_bytes() == RECORDING
     assert dictionary.seen == ["/flaky.mp3"] * 3
+
+
+@pytest.mark.slow  # waits out the fetch's deadline (a quarter of the task timeout)
+def test_a_recording_that_does_not_come_in_time_is_retried(make_service, sites):
+    dictionary, _ = sites
+    service = make_service(ANKISYNC_AUDIO_URL_HOSTS=dictionary.host)
+    status, body = service.post_card(dict(card(32), wordAudioUrl=f"{dictionary.url}/slow.mp3"))
+    job = finished(service, body)
+    assert job["status"] == "success" and job["attempts"] == 2, job
+    assert "wordAudioUrl: " in service.logs() and "took longer than 7 s; the job will be" \
+        " retried" in service.logs()
+    assert (service.data_dir / "collection.media" / job["result"]["audio"]["word"]) \
+        .read_bytes() == RECORDING
