@@ -158,6 +158,6 @@ def blame(error, card):
     if not chosen or not isinstance(error, errors.TTSRefused):
         return error
     return errors.TTSRefused(
-        f"{error} (this card asked for {' and '.join(chosen)}: if that is what was refused,"
-        " send a voice and rate the configured provider knows, or leave voice and"
-        " speakingRate out for the settings')")
+        f"this card asked for {' and '.join(chosen)}, which may be what was refused: send a"
+        " voice and rate the configured provider knows, or leave voice and speakingRate out"
+        f" for the settings'. The provider's answer: {error}")

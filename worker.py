@@ -107,7 +107,9 @@ class Worker:
         """Clips for many cards at once, a few requests in flight: {job id: clips or error}.
 
         A card's clips are {"word": name, "text": name}, or None when no voice is
-        set up. The same text is requested once, however many cards hold it.
+        set up. The same text is requested once, however many cards hold it. A card
+        is spoken in its own voice and rate if it gives them, and its wordAudioUrl,
+        if any, is fetched as its word's clip (word_audio.py).
         Each job keeps the voice it was first spoken in (a re-run after a change
         of voice reuses the clips already made, and the note's clips are those).
         """
