@@ -22,6 +22,7 @@ import bottle
 import nh3
 
 import auth
+import card_options
 import cli
 import config
 import credentials
@@ -265,6 +266,9 @@ def validate_card(data):
     if "englishExample" in card and not CLOZE.search(card["englishExample"]):
         problems["englishExample"] = ("has no cloze: mark the hidden word like"
                                       " He told the {{c1::extraordinary}} story.")
+    options, wrong = card_options.check(data, settings().audio_url_hosts)  # deck, tags...
+    card.update(options)
+    problems.update(wrong)
     if problems:
         listed = "; ".join(f"{name} {why}" for name, why in problems.items())
         raise ApiError(400, f"invalid card: {listed}", errors=problems)
@@ -510,7 +514,7 @@ def status_page(name="index.html"):
 @app.get("/api/v1/openapi.json")
 def openapi_document():
     """The OpenAPI 3 description of this API (openapi.py), no auth needed."""
-    return openapi.document(CARD_FIELDS, MAX_BODY)
+    return openapi.document(CARD_FIELDS, MAX_BODY, settings().audio_url_hosts)
 
 
 @app.get("/metrics")

@@ -103,6 +103,27 @@ def _hosts(value):
     return hosts
 
 
+def _audio_hosts(value):
+    """Hosts recordings may be fetched from (host, host:port, [v6]:port): (host, port)."""
+    hosts = []
+    for entry in (e.strip().lower().rstrip(".") for e in value.split(",")):
+        if not entry:
+            continue
+        match = re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)(?::([0-9]{1,5}))?",
+                             entry)
+        if not match or match[2] and not 0 < int(match[2]) < 65536:
+            raise ValueError(f"{entry!r} is not a host or host:port, such as"
+                             " dictionary.cambridge.org or 127.0.0.1:8000 (no scheme or path),"
+                             " comma-separated")
+        if match[1].startswith("["):
+            try:
+                ipaddress.IPv6Address(match[1][1:-1])
+            except ValueError:
+                raise ValueError(f"{entry!r} holds no IPv6 address between [ ]") from None
+        hosts.append((match[1], int(match[2]) if match[2] else None))
+    return tuple(hosts)
+
+
 def _level(value):
     value = value.upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -216,6 +237,10 @@ SETTINGS = [
     ("ANKISYNC_ESPEAK_TIMEOUT", "", _optional_seconds,
      "seconds espeak-ng may take for one clip (empty: as for Google)"),
     ("ANKISYNC_DECK", "English Vocabulary", str, "deck that new cards go to"),
+    ("ANKISYNC_AUDIO_URL_HOSTS", "dictionary.cambridge.org", _audio_hosts,
+     "hosts a card's `wordAudioUrl` may be fetched from, comma-separated: host (its"
+     " scheme's default port) or host:port; a name resolving to a private address is"
+     " refused, an IP address listed is not (empty: none)"),
     ("ANKISYNC_TASK_TIMEOUT", "300", _seconds, "seconds a job may run"),
     ("ANKISYNC_RESULT_TTL", "86400", _seconds, "seconds finished jobs stay queryable"),
     ("ANKISYNC_ACCESS_TOKEN_TTL", "3600", _seconds, "seconds an access token lasts"),

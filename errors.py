@@ -66,3 +66,11 @@ class SyncTimedOut(TransientError):
 
 class WorkerTrouble(TransientError):
     """An OS or database error escaped the job (a full disk, a locked collection)."""
+
+
+class WordAudioRefused(PermanentError):
+    """A card's wordAudioUrl is not allowed, not found, too big or not audio."""
+
+
+class WordAudioUnavailable(TransientError):
+    """A card's wordAudioUrl did not answer in time, or its server failed."""

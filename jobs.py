@@ -220,18 +220,19 @@ def stuck(path):
         " AND coalesce(retry_at, 0) < ?", (time.time(),)).fetchone()[0]
 
 
-def fix_voices(path, job_ids, voice):
-    """Give each job the voice [provider, name] unless it has one; {job id: its voice}.
+def fix_voices(path, voices):
+    """Give each job its voice ({job id: [provider, {...}]}) unless it has one; {job id:
+    its voice}.
 
     A job keeps the voice it was first spoken in, so that a re-run after a
     change of ANKISYNC_TTS_VOICE reuses the clips already paid for.
     """
-    marks = ", ".join("?" * len(job_ids))
+    marks = ", ".join("?" * len(voices))
     with db.write(path) as conn:
-        conn.execute(f"UPDATE ankisync_jobs SET voice = ? WHERE voice IS NULL AND id IN ({marks})",
-                     (json.dumps(voice), *job_ids))
+        conn.executemany("UPDATE ankisync_jobs SET voice = ? WHERE voice IS NULL AND id = ?",
+                         [(json.dumps(voice), job_id) for job_id, voice in voices.items()])
         rows = conn.execute(f"SELECT id, voice FROM ankisync_jobs WHERE id IN ({marks})",
-                            job_ids).fetchall()
+                            list(voices)).fetchall()
     return {row[0]: json.loads(row[1]) for row in rows}
 
 

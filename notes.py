@@ -101,7 +101,11 @@ def ensure_notetype(col: Collection) -> NotetypeDict:
 def ensure_deck(col: Collection, name: str) -> DeckId:
     """The id of the deck called name, created when missing."""
     from anki.decks import DeckId
-    return DeckId(col.decks.add_normal_deck_with_name(name).id)
+    deck_id = DeckId(col.decks.add_normal_deck_with_name(name).id)
+    if col.decks.get(deck_id)["dyn"]:  # Anki gives a filtered deck of that name back
+        raise errors.BadNote(f"the deck {name!r} is a filtered deck, which holds no notes of"
+                             " its own: send another deck name")
+    return deck_id
 
 
 def note_guid(job_id: str) -> str:
@@ -129,11 +133,13 @@ def _field_values(card: dict, word_clip: str | None, text_clip: str | None) -> d
 
 
 def add_card(col: Collection, job_id: str, card: dict, deck: str,
-             word_clip: str | None, text_clip: str | None) -> tuple[int, list[int]]:
+             word_clip: str | None, text_clip: str | None,
+             tags: tuple | list = ()) -> tuple[int, list[int]]:
     """Add the job's note unless it is there already; return (note id, card ids).
 
     card holds the API request's keys; word_clip and text_clip are names of
-    files already in the media folder (the spoken word and sentence).
+    files already in the media folder (the spoken word and sentence); the note
+    goes to the deck named deck (created when missing) with tags.
     """
     from anki.notes import NoteFieldsCheckResult
     existing = _find_note(col, job_id)
@@ -142,6 +148,7 @@ def add_card(col: Collection, job_id: str, card: dict, deck: str,
     notetype = ensure_notetype(col)
     note = col.new_note(notetype)
     note.guid = note_guid(job_id)
+    note.tags = list(tags)
     values = _field_values(card, word_clip, text_clip)
     for name in col.models.field_names(notetype):
         if name in values:

@@ -11,6 +11,7 @@ document does not allow.
 
 import re
 
+import card_options
 import jobs
 from version import __version__
 
@@ -62,7 +63,43 @@ THROTTLED = {"429": _json({"$ref": "#/components/schemas/Throttled"},
 UNKNOWN_TASK = {"404": _error("no such task, or finished and forgotten (ANKISYNC_RESULT_TTL)")}
 
 
-def schemas(card_fields):
+def card_options_schema(audio_hosts):
+    """A card's options (card_options.py: the same patterns and bounds)."""
+    low, high = card_options.RATES
+    url = {"type": "string", "maxLength": card_options.URL_LONGEST,
+           "pattern": card_options.url_pattern(audio_hosts)} if audio_hosts else {
+        "type": "string", "minLength": 1, "maxLength": 0}  # none: the list is empty
+    return {
+        "type": "object",
+        "description": "Optional; missing or null: the settings' (ANKISYNC_DECK, no tags, the"
+                       " configured voice and rate, the word spoken)",
+        "properties": {
+            "deck": {"type": "string", "nullable": True, "maxLength": card_options.DECK_LONGEST,
+                     "pattern": card_options.DECK_PATTERN,
+                     "description": "the deck, created when missing; :: makes a sub-deck"},
+            "tags": {"type": "array", "nullable": True, "maxItems": card_options.MOST_TAGS,
+                     "items": {"type": "string", "maxLength": card_options.TAG_LONGEST,
+                               "pattern": card_options.TAG_PATTERN},
+                     "description": "the note's tags, each without spaces"},
+            "voice": {"type": "string", "nullable": True,
+                      "maxLength": card_options.VOICE_LONGEST,
+                      "pattern": card_options.VOICE_PATTERN,
+                      "description": "a voice of the configured provider (ANKISYNC_TTS); one"
+                                     " it refuses fails the task, naming this field"},
+            "speakingRate": {"type": "number", "nullable": True, "minimum": low,
+                             "maximum": high, "description": "1.0: the voice's own speed"},
+            "wordAudioUrl": {**url, "nullable": True,
+                             "description": "a recording of the word, used instead of speaking"
+                                            " it: http(s) from a host in"
+                                            " ANKISYNC_AUDIO_URL_HOSTS (as listed; a port only"
+                                            " where listed); fetched by the worker, which"
+                                            " fails the task if it is not audio, too big or"
+                                            " unreachable"},
+        },
+    }
+
+
+def schemas(card_fields, audio_hosts=()):
     """The components' schemas; the card from the server's own field table."""
     def field(name, required, longest):
         """What the server's validate_card accepts for one field."""
@@ -104,6 +141,7 @@ def schemas(card_fields):
                        "properties": {"noteId": {"type": "integer"},
                                       "cardIds": {"type": "array", "items": {"type": "integer"}},
                                       "deck": {"type": "string"},
+                                      "tags": {"type": "array", "items": {"type": "string"}},
                                       "audio": {"type": "object", "nullable": True},
                                       "warning": {"type": "string", "nullable": True},
                                       "synced": {"type": "boolean"},
@@ -140,6 +178,7 @@ def schemas(card_fields):
                                      "retryAfter": {"type": "integer", "minimum": 0,
                                                     "description": "seconds, as Retry-After"}}},
         "Card": card,
+        "CardOptions": card_options_schema(audio_hosts),
         "JobStatus": job,
         "Accepted": accepted,
         "Replayed": {"allOf": [accepted, job],
@@ -267,7 +306,7 @@ def operations(max_body):
                  "description": "the same key with the same card answers the first task;"
                                 " with another card, 409",
                  "schema": {"type": "string", "maxLength": 200}}],
-            "requestBody": _body(_ref("Card"), max_body),
+            "requestBody": _body({"allOf": [_ref("Card"), _ref("CardOptions")]}, max_body),
             "responses": {
                 "202": {**_json(_ref("Accepted"), "the job is queued: poll statusUrl (with"
                                 " ?async=false: the job is not finished yet, because it is"
@@ -395,8 +434,9 @@ def preflight(path):
 HOST_REFUSED = "the Host header is not a name this server answers to (DNS rebinding guard)"
 
 
-def document(card_fields, max_body):
-    """The whole OpenAPI 3 document, as a dict ready for JSON."""
+def document(card_fields, max_body, audio_hosts=()):
+    """The whole OpenAPI 3 document, as a dict ready for JSON; audio_hosts:
+    ANKISYNC_AUDIO_URL_HOSTS, which wordAudioUrl must name."""
     paths = operations(max_body)
     for path, item in paths.items():
         if path.startswith("/api/v1/"):
@@ -425,6 +465,6 @@ def document(card_fields, max_body):
                 "accessToken": {"type": "apiKey", "in": "header", "name": "x-access-token",
                                 "description": "the accessToken from /api/v1/login"},
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": schemas(card_fields),
+            "schemas": schemas(card_fields, audio_hosts),
         },
     }

@@ -249,7 +249,7 @@ def ensure_clip(media_dir: pathlib.Path, text: str, voice: Voice, *, settings, k
     audio, extension = speak(words, voice, settings=settings, keys=keys, clients=clients)
     name = clip_name(text, voice, extension=extension)
     media_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(media_dir / name, audio, temp_dir or media_dir.parent)
+    write_atomically(media_dir / name, audio, temp_dir or media_dir.parent)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
     return name
 
@@ -264,7 +264,7 @@ def speak(words: str, voice: Voice, *, settings, keys: dict,
                           endpoint=settings.google_tts_endpoint, clients=clients,
                           rate=voice.rate, pitch=voice.pitch), "mp3"
     if voice.provider == "espeak":
-        return synthesize_espeak(words, voice=voice.name, timeout=timeout), "wav"
+        return synthesize_espeak(words, voice=voice.name, timeout=timeout, rate=voice.rate), "wav"
     if voice.provider == "openai":
         name, setting = "the OpenAI-compatible speech server", "ANKISYNC_OPENAI_TTS_BASE_URL"
         audio, kind = tts_rest.openai_speech(
@@ -287,7 +287,7 @@ def speak(words: str, voice: Voice, *, settings, keys: dict,
     return audio, extension
 
 
-def _write_atomically(path, data, temp_dir):
+def write_atomically(path, data, temp_dir):
     """Write data to path so a reader (or a crash) never sees half a file.
 
     The temporary file is made in temp_dir, on the same file system as path
@@ -307,14 +307,16 @@ def _write_atomically(path, data, temp_dir):
         raise
 
 
-def synthesize_espeak(text: str, *, voice: str, timeout: float) -> bytes:
+def synthesize_espeak(text: str, *, voice: str, timeout: float, rate: float = 1.0) -> bytes:
     """WAV audio of text from the local espeak-ng; raises TTSRefused or TTSUnavailable."""
     if not shutil.which(ESPEAK):
         raise errors.TTSRefused("ANKISYNC_TTS=espeak, but espeak-ng is not installed:"
                                 " apt install espeak-ng")
+    # its own speed is 175 words a minute; it speaks 80 to 450
+    pace = ["-s", str(min(450, max(80, round(175 * rate))))] if rate != 1.0 else []
     try:
         # The text goes in on stdin, never as an argument that could read as an option.
-        done = subprocess.run([ESPEAK, "-v", voice, "--stdout"], input=text.encode(),
+        done = subprocess.run([ESPEAK, "-v", voice, *pace, "--stdout"], input=text.encode(),
                               capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise errors.TTSUnavailable(f"espeak-ng took longer than {timeout:g} s;"

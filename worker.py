@@ -15,12 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from huey.exceptions import TaskTimeout
 
 import ankiweb
+import card_options
 import config
 import credentials
 import db
 import jobs
 import notes
 import tts
+import word_audio
 from errors import AnkisyncError, BadNote, SyncAuthError
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,9 @@ class Worker:
         """Clips for many cards at once, a few requests in flight: {job id: clips or error}.
 
         A card's clips are {"word": name, "text": name}, or None when no voice is
-        set up. The same text is requested once, however many cards hold it.
+        set up. The same text is requested once, however many cards hold it. A card
+        is spoken in its own voice and rate if it gives them, and its wordAudioUrl,
+        if any, is fetched as its word's clip (word_audio.py).
         Each job keeps the voice it was first spoken in (a re-run after a change
         of voice reuses the clips already made, and the note's clips are those).
         """
@@ -114,44 +118,61 @@ class Worker:
         provider = tts.choose(settings.tts, keys["google"])
         if not cards:
             return {}
-        if provider is None:
-            return {job_id: None for job_id in cards}
-        current = tts.voice_for(provider, settings)
-        voices = jobs.fix_voices(self.db, list(cards), tts.stored(current))
+        spoken = {}  # job id -> the voice it is spoken in, when there is a voice
+        if provider is not None:
+            current = tts.voice_for(provider, settings)
+            asked = {job_id: card_options.voice_for_card(current, card)
+                     for job_id, card in cards.items()}
+            kept = jobs.fix_voices(self.db, {job_id: tts.stored(voice)
+                                             for job_id, voice in asked.items()})
+            # its first voice, unless that provider is no longer set up
+            spoken = {job_id: tts.job_voice(kept.get(job_id), asked[job_id], settings, keys)
+                      for job_id in cards}
         options = dict(settings=settings, keys=keys, temp_dir=tts.temp_dir(settings.data_dir),
                        clients=self._tts_clients)
         media = config.media_dir(settings)
         if self._speakers is None:
             self._speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
-
-        def voice_of(job_id):  # its first voice, unless that provider is no longer set up
-            return tts.job_voice(voices.get(job_id), current, settings, keys)
-
-        wanted = {(text, voice_of(job_id)) for job_id, card in cards.items()
-                  for text in (card["word"], card["englishExample"])}
-        futures = {(text, spoken_in): self._speakers.submit(tts.ensure_clip, media, text,
-                                                            spoken_in, **options)
-                   for text, spoken_in in wanted}
+        # A card's own recording of its word replaces the spoken word; the sentence is spoken.
+        recordings = {url: self._speakers.submit(
+            word_audio.ensure, url, media, hosts=settings.audio_url_hosts,
+            timeout=_call_timeout(settings), temp_dir=options["temp_dir"])
+            for url in {card.get("wordAudioUrl") for card in cards.values()} if url}
+        wanted = {(text, spoken[job_id]) for job_id, card in cards.items() if job_id in spoken
+                  for text in (card["englishExample"],) + (
+                      () if card.get("wordAudioUrl") else (card["word"],))}
+        futures = {(text, voice): self._speakers.submit(tts.ensure_clip, media, text,
+                                                        voice, **options)
+                   for text, voice in wanted}
         clips = {}
         for job_id, card in cards.items():
             try:
-                clips[job_id] = {"word": futures[card["word"], voice_of(job_id)].result(),
-                                 "text": futures[card["englishExample"], voice_of(job_id)].result()}
+                made = {}
+                if card.get("wordAudioUrl"):
+                    made["word"] = recordings[card["wordAudioUrl"]].result()
+                if job_id in spoken:
+                    voice = spoken[job_id]
+                    if "word" not in made:
+                        made["word"] = futures[card["word"], voice].result()
+                    made["text"] = futures[card["englishExample"], voice].result()
+                clips[job_id] = made or None
             except TaskTimeout:
                 raise
             except Exception as error:  # this card's outcome; the others go on
-                clips[job_id] = error
+                clips[job_id] = card_options.blame(error, card)
         return clips
 
     def add(self, col, job_id, card, audio):
         """Add the job's note (or find it, on a re-run) and record it on the job."""
         audio = audio or {}
-        note_id, card_ids = notes.add_card(col, job_id, card, self.settings.deck,
-                                           audio.get("word"), audio.get("text"))
-        result = {"noteId": note_id, "cardIds": card_ids, "deck": self.settings.deck,
-                  "audio": audio or None}
-        if not audio:
-            result["warning"] = ("made without audio: no voice is set up (set"
+        deck = card.get("deck") or self.settings.deck  # the card's options (card_options.py)
+        note_id, card_ids = notes.add_card(col, job_id, card, deck, audio.get("word"),
+                                           audio.get("text"), tags=card.get("tags", ()))
+        result = {"noteId": note_id, "cardIds": card_ids, "deck": deck,
+                  "tags": card.get("tags", []), "audio": audio or None}
+        if "text" not in audio:
+            result["warning"] = (("made without audio" if not audio else "its sentence made"
+                                  " without audio") + ": no voice is set up (set"
                                  " ANKISYNC_GOOGLE_API_KEY or run ./run.sh setup for Google's,"
                                  " or install espeak-ng)")
         jobs.mark_added(self.db, job_id, result)

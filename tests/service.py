@@ -66,7 +66,9 @@ class Service:
         self.env = dict(os.environ, ANKISYNC_DATA_DIR=str(self.data_dir),
                         ANKISYNC_LISTEN=f"127.0.0.1:{self.port}",
                         ANKISYNC_RETRY_DELAY="0.2", ANKISYNC_RETRY_MAX_DELAY="1",
-                        ANKISYNC_LOG_LEVEL="DEBUG", ANKISYNC_ANKICONNECT_LISTEN="")
+                        ANKISYNC_LOG_LEVEL="DEBUG", ANKISYNC_ANKICONNECT_LISTEN="",
+                        # never the real dictionary: a fuzzed wordAudioUrl stays on loopback
+                        ANKISYNC_AUDIO_URL_HOSTS="127.0.0.1:9")
         self.env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
         for key, value in settings.items():  # None unsets a variable
             if value is None:
