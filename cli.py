@@ -25,6 +25,7 @@ import config
 import credentials
 import db
 import huey_tasks
+import duplicates
 import jobs
 import notify
 import tts
@@ -103,6 +104,7 @@ def init_storage(current):
         check_files(current)
         path = config.db_path(current)
         jobs.init(path)
+        duplicates.init(path)
         auth.init(path)
         credentials.ensure_signing_secret(config.credentials_path(current))
 

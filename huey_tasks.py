@@ -28,6 +28,7 @@ from huey.storage import SqliteStorage
 import backup
 import config
 import db
+import duplicates
 import jobs
 import notify
 import tts
@@ -369,6 +370,8 @@ def start_worker():
                                 notifier=huey.notifier)
     recover()
     purge_finished()
+    if duplicates.never_built(_db()) and config.collection_path(huey.settings).exists():
+        huey.worker.collection()  # a collection from before the duplicate index: indexed now
     schedule_periodic_sync()
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.

@@ -18,6 +18,7 @@ import ankiweb
 import config
 import credentials
 import db
+import duplicates
 import jobs
 import notes
 import tts
@@ -79,6 +80,7 @@ class Worker:
             if self._collection is None:
                 self._collection = ankiweb.open_collection(
                     str(config.collection_path(self.settings)))
+                duplicates.on_open(self.db, self._collection)
             return self._collection
 
     def close(self):
@@ -200,7 +202,7 @@ class Worker:
 
     def _add_batch(self, spoken, cards, outcome):
         """Add the spoken jobs' notes; the ids of those added (outcome None), others' errors."""
-        added = []
+        added, made = [], []
         with self.lock:
             col = self.collection()
             for job_id in spoken:
@@ -213,7 +215,9 @@ class Worker:
                     continue
                 outcome[job_id] = None
                 added.append(job_id)
+                made.append((job_id, cards[job_id], result))
                 log.info("job %s: note %s added", job_id, result["noteId"])
+        duplicates.record(self.db, made)  # before the jobs finish: refuse sees one or the other
         return added
 
     def _sync_batch(self, added, outcome):
@@ -312,6 +316,7 @@ class Worker:
             with self.sync_lock:
                 with self.lock:
                     col = self.collection()
+                    before = duplicates.fingerprint(col)
                     outcome = ankiweb.sync(col, stored["hkey"], stored["endpoint"],
                                            wait_media=False, upload=full_upload, **options)
                 # The media sync runs by itself: AnkiConnect may read meanwhile.
@@ -338,4 +343,6 @@ class Worker:
         if self.notifier is not None:
             self.notifier.sync_done(outcome)
         log.info("synced (%s) in %.2fs", outcome["outcome"], time.time() - began)
+        with self.lock:  # what the sync brought from other devices, for duplicate checks
+            duplicates.after_sync(path, self.collection(), before, outcome["outcome"])
         return True

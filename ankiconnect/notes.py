@@ -15,6 +15,7 @@ from anki.notes import Note, NoteFieldsCheckResult
 from anki.utils import checksum
 
 import config
+import duplicates
 import jobs
 from ankiconnect.decks import deck as _deck
 from ankiconnect.dispatch import ActionError, action, collection_action
@@ -423,6 +424,7 @@ def _forget_jobs(context, col, note_ids):
     guids = {guid for guid in (col.db.scalar("select guid from notes where id=?", note_id)
                                for note_id in note_ids) if guid is not None}
     path = config.db_path(context.settings)
+    duplicates.forget(path, note_ids)
     ours = [job["id"] for job in jobs.added(path) if note_guid(job["id"]) in guids]
     jobs.mark_deleted(path, ours)
     others = sorted(guids - {note_guid(job_id) for job_id in ours})
