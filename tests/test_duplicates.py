@@ -4,8 +4,10 @@ service, its worker, the local sync server and AnkiConnect."""
 import threading
 import urllib.parse
 
+from anki.collection import Collection
+
 import notes
-from anki_server import download_collection, notes_in
+from anki_server import download_collection, notes_in, upload_collection
 from helpers import card, wait_until
 from test_ankiconnect import Client, start_with_ankiconnect
 
@@ -191,3 +193,38 @@ def test_the_lookup_needs_a_token_and_a_word(service):
     status, body = lookup(service, "x" * 201)
     assert status == 400 and "too long" in body["message"], body
     assert lookup(service, "x" * 200) == (200, {"word": "x" * 200, "notes": []})
+
+
+def collection_with_a_note(folder, word, deck):
+    """A collection at folder holding one Custom Cloze note (made as another Anki would)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    col = Collection(str(folder / "collection.anki2"))
+    note = col.new_note(notes.ensure_notetype(col))
+    note["Word"], note["Text"] = word, f"An old {{{{c1::{word}}}}}."
+    col.add_note(note, col.decks.id(deck))
+    return col, note.id
+
+
+def test_a_collection_from_before_the_index_is_indexed_at_start(make_service):
+    service = make_service(start=False)
+    col, note_id = collection_with_a_note(service.data_dir, "Heirloom", "Old deck")
+    col.close()
+    service.start()
+    assert wait_until(lambda: found(service, "heirloom"), service.logs) == [
+        {"noteId": note_id, "deck": "Old deck", "sentence": "An old {{c1::Heirloom}}.",
+         "created": found(service, "heirloom")[0]["created"], "taskId": None}]
+
+
+def test_a_full_download_is_indexed(make_service, sync_server, account, tmp_path):
+    """The server holds another device's collection: the first card's sync takes it whole."""
+    phone, note_id = collection_with_a_note(tmp_path / "phone", "Keepsake", "Phone words")
+    try:
+        upload_collection(phone, sync_server.url, account, "pass")
+    finally:
+        phone.close()
+    service = make_service()
+    service.sync_login(account)
+    made(service, card(1, word="fresh"))
+    assert [(n["noteId"], n["deck"]) for n in found(service, "keepsake")] == [
+        (note_id, "Phone words")]
+    assert len(found(service, "fresh")) == 1
