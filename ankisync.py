@@ -386,13 +386,10 @@ def add_cloze_note():
     return accepted(job)
 
 
-DUPLICATE_RULES = ("allow", "refuse")
-
-
 def duplicate_rule(data):
     """The card's onDuplicate: allow (the default: a second meaning) or refuse; 400 otherwise."""
     rule = data.get("onDuplicate", "allow")
-    if rule not in DUPLICATE_RULES:
+    if rule not in duplicates.RULES:
         raise ApiError(400, 'invalid card: onDuplicate must be "allow" (add it even if the word'
                             ' has a note already) or "refuse"',
                        errors={"onDuplicate": 'must be "allow" or "refuse"'})

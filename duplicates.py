@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS ankisync_notes (
 CREATE INDEX IF NOT EXISTS ankisync_notes_word ON ankisync_notes (word);
 """
 STATE_KEY = "notes_index"  # ankisync_state: the collection's fingerprint the table matches
+RULES = ("allow", "refuse")  # a card's onDuplicate; allow is the default
 LONGEST_WORD = next(field.longest for field in notes.CARD_FIELDS if field.name == "word")
 CHUNK = 1000  # rows per write transaction: Huey and the web process get the lock in between
 TAG = re.compile(r"<[^>]*>")

@@ -12,7 +12,7 @@ document does not allow.
 import re
 
 import jobs
-from duplicates import LONGEST_WORD
+from duplicates import LONGEST_WORD, RULES
 from version import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -86,7 +86,7 @@ def schemas(card_fields):
                        for name, (required, longest) in card_fields.items()},
     }
     card["properties"]["onDuplicate"] = {
-        "type": "string", "enum": ["allow", "refuse"], "default": "allow",
+        "type": "string", "enum": list(RULES), "default": RULES[0],
         "description": "refuse: answer 409 (and make no card) when a note or an unfinished"
                        " task already holds the word (case and spacing aside)"}
     job = {
