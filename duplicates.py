@@ -128,10 +128,12 @@ def fingerprint(col):
     mid = col.models.id_for_name(notes.NOTETYPE_NAME)
     if mid is None:
         return []
-    return [*col.db.first("select count(), total(mod), total(id) from notes where mid = ?", mid),
-            *col.db.first("select count(), total(did) from cards where nid in"
+    # sum(), not total(): whole numbers, exact (a float loses the ids' low digits)
+    return [*col.db.first("select count(), coalesce(sum(mod), 0), coalesce(sum(id), 0) from"
+                          " notes where mid = ?", mid),
+            *col.db.first("select count(), coalesce(sum(did), 0) from cards where nid in"
                           " (select id from notes where mid = ?)", mid),
-            *col.db.first("select count(), total(mtime_secs) from decks")]
+            *col.db.first("select count(), coalesce(sum(mtime_secs), 0) from decks")]
 
 
 def notes_of(col):
@@ -189,14 +191,19 @@ def refresh(path, col):
 
 def on_open(path, col):
     """The collection was opened: refresh the index if the collection changed meanwhile
-    (a restored backup, a first start with this index, a worker killed mid-batch)."""
+    (a restored backup, a first start with this index, a worker killed mid-batch, an
+    AnkiConnect change not yet synced)."""
     stored = db.get_state(path, STATE_KEY)
     if stored is None or json.loads(stored) != fingerprint(col):
         refresh(path, col)
 
 
 def after_sync(path, col, before, outcome):
-    """A sync that brought other devices' changes (or a whole collection) is indexed."""
+    """Index what a sync brought (other devices' changes, a whole collection), and what
+    an AnkiConnect client changed before it (mark_stale)."""
+    if stale(path):
+        refresh(path, col)
+        return
     if outcome == "no_changes":
         return
     after = fingerprint(col)
@@ -206,5 +213,16 @@ def after_sync(path, col, before, outcome):
         db.set_state(path, **{STATE_KEY: json.dumps(after)})
 
 
-def never_built(path):
+def mark_stale(path):
+    """An AnkiConnect client changed the collection: the next sync (or start) compares it all.
+
+    Cheaper than following each of its actions: they are few next to cards.
+    """
+    if not stale(path):
+        with db.write(path) as conn:
+            conn.execute("DELETE FROM ankisync_state WHERE key = ?", (STATE_KEY,))
+
+
+def stale(path):
+    """Whether the index must be compared with the whole collection (or was never built)."""
     return db.get_state(path, STATE_KEY) is None

@@ -370,8 +370,9 @@ def start_worker():
                                 notifier=huey.notifier)
     recover()
     purge_finished()
-    if duplicates.never_built(_db()) and config.collection_path(huey.settings).exists():
-        huey.worker.collection()  # a collection from before the duplicate index: indexed now
+    if duplicates.stale(_db()) and config.collection_path(huey.settings).exists():
+        huey.worker.collection()  # opening it indexes it (first start with the index, or an
+        # AnkiConnect change not yet synced)
     schedule_periodic_sync()
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.

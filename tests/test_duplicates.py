@@ -95,15 +95,26 @@ def test_a_note_added_on_another_device_shows_once_the_service_has_synced(
     assert [n["taskId"] for n in found(service, "first")] == [ours["taskId"]]
 
 
-def test_a_note_deleted_through_ankiconnect_leaves_the_lookup(make_service):
+def test_a_note_deleted_through_ankiconnect_leaves_the_lookup(make_service, account):
     service = start_with_ankiconnect(make_service)
+    service.sync_login(account)
+    ankiconnect = Client(service.ac_port)
     kept, gone = made(service, card(1, word="keep")), made(service, card(2, word="ephemeral"))
     assert [n["noteId"] for n in found(service, "Ephemeral")] == [gone["result"]["noteId"]]
-    Client(service.ac_port)("deleteNotes", notes=[gone["result"]["noteId"]])
+    ankiconnect("deleteNotes", notes=[gone["result"]["noteId"]])
     assert found(service, "ephemeral") == []
     assert [n["noteId"] for n in found(service, "keep")] == [kept["result"]["noteId"]]
     # with its note gone, refuse lets the word in again
     assert service.post_card(refused("ephemeral"))[0] == 202
+    # a Custom Cloze note an AnkiConnect client adds shows after the sync it queues
+    note_id = ankiconnect("addNote", note={
+        "deckName": "Default", "modelName": notes.NOTETYPE_NAME,
+        "fields": {"Word": "Quixotic", "Text": "A {{c1::quixotic}} plan."}})
+    listed = wait_until(lambda: found(service, "quixotic"),
+                        lambda: "the AnkiConnect note in the lookup:\n" + service.logs())
+    assert [(n["noteId"], n["deck"]) for n in listed] == [(note_id, "Default")]
+    # ankisync keeps a task for a note AnkiConnect added (it re-adds it after a download)
+    assert service.job(listed[0]["taskId"])["status"] == "success"
 
 
 def test_refuse_answers_409_with_the_note_and_makes_no_job(service):
