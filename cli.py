@@ -24,8 +24,8 @@ import backup
 import config
 import credentials
 import db
-import huey_tasks
 import duplicates
+import huey_tasks
 import jobs
 import notify
 import tts
