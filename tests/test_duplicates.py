@@ -204,6 +204,10 @@ def test_the_lookup_needs_a_token_and_a_word(service):
     status, body = lookup(service, "x" * 201)
     assert status == 400 and "too long" in body["message"], body
     assert lookup(service, "x" * 200) == (200, {"word": "x" * 200, "notes": []})
+    # the word is matched whole: no wildcard reads the rest of the collection
+    made(service, card(1, word="wildcard"))
+    for pattern in ("%", "_ildcard", "wild%", "*", "' OR '1'='1"):
+        assert lookup(service, pattern) == (200, {"word": pattern, "notes": []}), pattern
 
 
 def collection_with_a_note(folder, word, deck):
