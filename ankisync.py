@@ -27,6 +27,7 @@ import cli
 import config
 import credentials
 import db
+import duplicates
 import huey_tasks
 import jobs
 import notes
@@ -351,7 +352,9 @@ def check_card_limits(claims):
 @app.post("/api/v1/clozeNotes")
 def add_cloze_note():
     claims = access_claims()
-    card = validate_card(json_body())
+    data = json_body()
+    card = validate_card(data)
+    refuse = duplicate_rule(data) == "refuse"
     if db.disk_full(settings().data_dir):  # the worker could not make it: refuse it now
         raise ApiError(507, db.disk_full_message(settings().data_dir))
     key = bottle.request.headers.get("Idempotency-Key") or None
@@ -359,11 +362,15 @@ def add_cloze_note():
         raise ApiError(400, "Idempotency-Key is too long: at most 200 characters")
     check_card_limits(claims)
     try:
-        job, created = jobs.create(db_path(), card, key, enqueue=huey_tasks.enqueue_in)
+        job, created = jobs.create(db_path(), card, key, enqueue=huey_tasks.enqueue_in,
+                                   check=duplicates.refuse_held(card["word"]) if refuse else None)
     except jobs.KeyReused as error:
         raise ApiError(409, "this Idempotency-Key was already used with a different card"
                             f" (task {error}); use a new key for a new card",
                        taskId=str(error)) from None
+    except duplicates.Held as held:
+        raise ApiError(409, duplicate_message(card["word"], held), noteIds=held.note_ids,
+                       taskIds=held.task_ids) from None
     if created:
         log.info("job %s: accepted", job["id"])
     if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
@@ -381,6 +388,28 @@ def add_cloze_note():
     bottle.response.status = 202
     bottle.response.set_header("Location", f"/api/v1/tasks/{job['id']}")
     return accepted(job)
+
+
+def duplicate_rule(data):
+    """The card's onDuplicate: allow (the default: a second meaning) or refuse; 400 otherwise."""
+    rule = data.get("onDuplicate", "allow")
+    if rule not in duplicates.RULES:
+        raise ApiError(400, 'invalid card: onDuplicate must be "allow" (add it even if the word'
+                            ' has a note already) or "refuse"',
+                       errors={"onDuplicate": 'must be "allow" or "refuse"'})
+    return rule
+
+
+def duplicate_message(word, held):
+    where = []
+    if held.note_ids:
+        where.append("in the collection already (note " +
+                     ", ".join(str(note_id) for note_id in held.note_ids) + ")")
+    if held.task_ids:
+        where.append("in a card still being made (task " + ", ".join(held.task_ids) + ")")
+    return (f"the word {word!r} is {' and '.join(where)}: no card was made. Send"
+            ' "onDuplicate": "allow" to add it anyway (another meaning); GET'
+            " /api/v1/notes?word=... lists its notes")
 
 
 def accepted(job):
@@ -447,6 +476,21 @@ def task_list():
     page = found[:limit]
     return {"tasks": [{**jobs.status_body(job), **jobs.summary(job)} for job in page],
             "next": page[-1]["id"] if len(found) > limit else None}
+
+
+@app.get("/api/v1/notes")
+def notes_with_word():
+    """The notes that already hold ?word= (case and spacing aside): duplicates.py's index."""
+    access_claims()
+    query = bottle.request.query
+    word = query.getunicode("word")
+    if word is None and "word" in query:
+        raise ApiError(400, "word is not UTF-8 text: percent-encode its UTF-8 bytes")
+    if word is None or not word.strip():
+        raise ApiError(400, "word is missing: ask GET /api/v1/notes?word=extraordinary")
+    if len(word) > duplicates.LONGEST_WORD:
+        raise ApiError(400, f"word is too long: at most {duplicates.LONGEST_WORD} characters")
+    return {"word": word, "notes": duplicates.lookup(db_path(), word)}
 
 
 @app.post("/api/v1/tasks/<job_id>/retry")

@@ -24,6 +24,7 @@ import backup
 import config
 import credentials
 import db
+import duplicates
 import huey_tasks
 import jobs
 import locks
@@ -98,6 +99,7 @@ def init_storage(current):
         check_files(current)
         path = config.db_path(current)
         jobs.init(path)
+        duplicates.init(path)
         auth.init(path)
         credentials.ensure_signing_secret(config.credentials_path(current))
 

@@ -28,6 +28,7 @@ from huey.storage import SqliteStorage
 import backup
 import config
 import db
+import duplicates
 import jobs
 import notify
 import tts
@@ -370,6 +371,9 @@ def start_worker():
                                 notifier=huey.notifier)
     recover()
     purge_finished()
+    if duplicates.stale(_db()) and config.collection_path(huey.settings).exists():
+        huey.worker.collection()  # opening it indexes it (first start with the index, or an
+        # AnkiConnect change not yet synced)
     schedule_periodic_sync()
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.

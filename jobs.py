@@ -84,13 +84,15 @@ class KeyReused(Exception):
     """An Idempotency-Key already used with another request body."""
 
 
-def create(path, request, idempotency_key=None, enqueue=None):
+def create(path, request, idempotency_key=None, enqueue=None, check=None):
     """Store a new pending job, committed before the caller answers 202.
 
     Returns (job, created). With an idempotency key seen before, the job it
     made is returned instead (created False), unless the body differs.
     enqueue(conn, job_id) runs in the same transaction: the job and its task
     are written together, with one fsync shared by concurrent requests.
+    check(conn), when given, runs first in that transaction and may refuse the
+    job by raising (duplicates.refuse_held: no two jobs pass it at once).
     """
     body = json.dumps(request, sort_keys=True)
     digest = hashlib.sha256(body.encode()).hexdigest() if idempotency_key else None
@@ -103,6 +105,8 @@ def create(path, request, idempotency_key=None, enqueue=None):
                 if row["request_hash"] != digest:
                     raise KeyReused(row["id"])
                 return dict(row), False
+        if check:
+            check(conn)
         job = {"id": new_id(), "status": "pending", "request": body, "created_at": time.time(),
                "idempotency_key": idempotency_key, "request_hash": digest}
         conn.execute("INSERT INTO ankisync_jobs (id, status, request, created_at, idempotency_key,"

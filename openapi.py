@@ -13,6 +13,7 @@ import re
 
 import card_options
 import jobs
+from duplicates import LONGEST_WORD, RULES
 from version import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -121,6 +122,10 @@ def schemas(card_fields, audio_hosts=()):
         "properties": {name: field(name, required, longest)
                        for name, (required, longest) in card_fields.items()},
     }
+    card["properties"]["onDuplicate"] = {
+        "type": "string", "enum": list(RULES), "default": RULES[0],
+        "description": "refuse: answer 409 (and make no card) when a note or an unfinished"
+                       " task already holds the word (case and spacing aside)"}
     job = {
         "type": "object",
         "required": ["taskId", "status", "createdAt", "startedAt", "completedAt", "progress",
@@ -172,7 +177,13 @@ def schemas(card_fields, audio_hosts=()):
                                                            " is refused",
                                             "additionalProperties": {"type": "string"}},
                                  "taskId": {**TASK_ID, "description": "409: the task made"
-                                            " with this Idempotency-Key"}}},
+                                            " with this Idempotency-Key"},
+                                 "noteIds": {"type": "array", "items": {"type": "integer"},
+                                             "description": "409 (onDuplicate refuse): the"
+                                                            " notes holding the word"},
+                                 "taskIds": {"type": "array", "items": TASK_ID,
+                                             "description": "409 (onDuplicate refuse): the"
+                                                            " unfinished tasks holding it"}}},
         "Throttled": {"type": "object", "required": ["message", "retryAfter"],
                       "properties": {"message": {"type": "string"},
                                      "retryAfter": {"type": "integer", "minimum": 0,
@@ -190,6 +201,22 @@ def schemas(card_fields, audio_hosts=()):
                            "taskId": TASK_ID, "task": _ref("JobStatus"),
                            "message": {"type": "string"}, "noteId": {"type": "integer"},
                            "cardIds": {"type": "array", "items": {"type": "integer"}}}},
+        "NoteList": {
+            "type": "object", "required": ["word", "notes"],
+            "properties": {
+                "word": {"type": "string"},
+                "notes": {"type": "array", "description": "oldest first", "items": {
+                    "type": "object",
+                    "required": ["noteId", "deck", "sentence", "created", "taskId"],
+                    "properties": {
+                        "noteId": {"type": "integer"},
+                        "deck": {"type": "string", "description": "of its first card"},
+                        "sentence": {"type": "string",
+                                     "description": "its Text field, HTML as in the note"},
+                        "created": {"type": "string", "format": "date-time"},
+                        "taskId": {**TASK_ID, "nullable": True,
+                                   "description": "the task that made it, while ankisync"
+                                                  " remembers it"}}}}}},
         "Tokens": {"type": "object", "required": ["accessToken", "refreshToken"],
                    "properties": {"accessToken": {"type": "string", "description": "JWT"},
                                   "refreshToken": {"type": "string", "description": "JWT"}}},
@@ -322,13 +349,25 @@ def operations(max_body):
                              "a bad card (each bad field named in errors), a bad body, or"
                              " with ?async=false a note Anki refused (the Finished fields)"),
                 **AUTH,
-                "409": _error("this Idempotency-Key was used with another card"),
+                "409": _error("this Idempotency-Key was used with another card; or with"
+                              " onDuplicate refuse, the word has a note (noteIds) or an"
+                              " unfinished task (taskIds)"),
                 "413": BAD_BODY["413"], "415": BAD_BODY["415"],
                 "429": _json(_ref("Throttled"), "too many cards from this login in a short"
                              " time, or too many waiting: try again later", RETRY_AFTER),
                 "502": _json(_ref("Finished"), "?async=false: the job failed"),
                 "504": _json(_ref("Finished"), "?async=false: the job timed out"),
                 "507": _error("the disk is full: the card was not stored")}}},
+        "/api/v1/notes": {"get": {
+            "operationId": "findNotes",
+            "summary": "the notes that already hold a word (case and spacing aside)",
+            "security": secured,
+            "parameters": [
+                {"name": "word", "in": "query", "required": True,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": LONGEST_WORD,
+                            "pattern": NOT_BLANK}}],
+            "responses": {"200": _json(_ref("NoteList"), "the notes, maybe none"),
+                          "400": _error("word missing, blank or too long"), **AUTH}}},
         "/api/v1/tasks": {"get": {
             "operationId": "listTasks", "summary": "recent tasks, newest first",
             "security": secured,

@@ -19,6 +19,7 @@ import card_options
 import config
 import credentials
 import db
+import duplicates
 import jobs
 import notes
 import tts
@@ -81,6 +82,7 @@ class Worker:
             if self._collection is None:
                 self._collection = ankiweb.open_collection(
                     str(config.collection_path(self.settings)))
+                duplicates.on_open(self.db, self._collection)
             return self._collection
 
     def close(self):
@@ -221,7 +223,7 @@ class Worker:
 
     def _add_batch(self, spoken, cards, outcome):
         """Add the spoken jobs' notes; the ids of those added (outcome None), others' errors."""
-        added = []
+        added, made = [], []
         with self.lock:
             col = self.collection()
             for job_id in spoken:
@@ -234,7 +236,9 @@ class Worker:
                     continue
                 outcome[job_id] = None
                 added.append(job_id)
+                made.append((job_id, cards[job_id], result))
                 log.info("job %s: note %s added", job_id, result["noteId"])
+        duplicates.record(self.db, made)  # before the jobs finish: refuse sees one or the other
         return added
 
     def _sync_batch(self, added, outcome):
@@ -333,6 +337,7 @@ class Worker:
             with self.sync_lock:
                 with self.lock:
                     col = self.collection()
+                    before = duplicates.fingerprint(col)
                     outcome = ankiweb.sync(col, stored["hkey"], stored["endpoint"],
                                            wait_media=False, upload=full_upload, **options)
                 # The media sync runs by itself: AnkiConnect may read meanwhile.
@@ -359,4 +364,6 @@ class Worker:
         if self.notifier is not None:
             self.notifier.sync_done(outcome)
         log.info("synced (%s) in %.2fs", outcome["outcome"], time.time() - began)
+        with self.lock:  # what the sync brought from other devices, for duplicate checks
+            duplicates.after_sync(path, self.collection(), before, outcome["outcome"])
         return True

@@ -11,6 +11,7 @@ download. Like any job it is purged once synced; then the server has the deletio
 import json
 
 import config
+import duplicates
 import jobs
 from ankiconnect.dispatch import ActionError
 from notes import note_guid
@@ -36,8 +37,9 @@ def remove_notes(context, col, note_ids):
     if not isinstance(note_ids, list):
         raise ActionError("notes must be a list of note ids (whole numbers)")
     guids = guids_of(col, note_ids)
+    path = config.db_path(context.settings)
+    duplicates.forget(path, note_ids)  # the duplicate check no longer finds them
     if guids:
-        path = config.db_path(context.settings)
         jobs.mark_deleted(path, [job["id"] for job in jobs.added(path)
                                  if note_guid(job["id"]) in guids])
         jobs.create_done(path, KIND, {"deleteGuids": sorted(guids)},

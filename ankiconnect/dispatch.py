@@ -14,6 +14,8 @@ import textwrap
 
 from anki.errors import BackendError
 
+import duplicates
+
 log = logging.getLogger(__name__)
 
 API_VERSION = 6
@@ -40,6 +42,7 @@ class Context:
 
     def sync_soon(self):
         """Queue one sync for what an action changed; the change is in either way."""
+        duplicates.mark_stale(self.worker.db)  # that sync compares the duplicate index
         try:
             self.queue_sync()
         except Exception:  # the note is in; the next sync will carry it anyway
