@@ -46,6 +46,9 @@ CARD_FIELDS = {field.name: (field.required, field.longest) for field in notes.CA
 CLOZE = re.compile(r"\{\{c0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
                    r"|655[0-2][0-9]|6553[0-5])::(?!\}\})(.+?)\}\}", re.S)
 CLOZE_MARK = re.compile(r"\{\{c[0-9]+::")
+# A "<" no ">" follows is text ("a <b c"): an HTML parser would drop the rest of the
+# field as an unfinished tag, cloze and all
+UNCLOSED_TAG = re.compile(r"<(?=[^>]*\Z)")
 ALLOWED_HEADERS = "content-type, x-access-token, authorization, idempotency-key"
 # Error types of a failed job -> HTTP status of a ?async=false answer
 FAILURE_STATUS = {"BadNote": 400, "TimeoutError": 504}
@@ -257,7 +260,8 @@ def validate_card(data):
         elif len(value) > longest:
             problems[name] = f"is too long: at most {longest} characters"
         else:
-            card[name] = nh3.clean(value, tags=CARD_TAGS, attributes={}) if value else value
+            card[name] = nh3.clean(UNCLOSED_TAG.sub("&lt;", value), tags=CARD_TAGS,
+                                   attributes={}) if value else value
             if required and not card[name].strip():
                 problems[name] = "must not be empty (it held only markup that is not allowed)"
     for name in [name for name in card if name != "englishExample"]:

@@ -388,6 +388,15 @@ def test_slow_connections_do_not_take_the_api_down(api):
             conn.close()
 
 
+def test_an_unclosed_angle_bracket_is_text_not_the_start_of_a_tag(api):
+    # an HTML parser drops an unfinished tag to the end of the field, the cloze with it
+    status, body = api.post_card({**CARD, "englishExample": 'He said a <b "odd" {{c1::x}} y'})
+    assert status == 202, body
+    _, _, listed = api.call("GET", "/api/v1/tasks?limit=100")
+    [task] = [task for task in listed["tasks"] if task["taskId"] == body["taskId"]]
+    assert "{{c1::x}}" in task["sentence"] and "&lt;b" in task["sentence"], task
+
+
 def test_card_fields_lose_script_but_keep_text_and_bold(make_service, sync_server, account,
                                                          tmp_path):
     """Anki's reviewer runs a field's script: none reaches the note on the server."""
