@@ -404,6 +404,9 @@ def test_a_card_added_from_the_form_reaches_the_sync_server(browser, make_servic
     task_id = page_wait(driver, lambda d: [task for task, word, _ in listed(d)
                                            if word == "luminous"], "the new card listed")[0]
     done = wait_shown(driver, task_id, "done")
+    # the chart follows in the same round as the list, without a reload
+    assert driver.find_element("id", "chart-summary").text.startswith("1 cards made"), (
+        driver.find_element("id", "chart-summary").text)
     page_wait(driver, lambda d: "synced" in row(d, task_id).find_element(
         "css selector", ".times").text.split(" · "), "the card synced")
     assert done.find_element("css selector", ".sentence").text == "The {{c1::luminous}} moon rose."
