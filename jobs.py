@@ -241,10 +241,16 @@ def fix_voices(path, voices):
 
 
 def reopen(path, job_id):
-    """Make a failed job pending again, for a person's retry; False if it had not failed."""
-    return _update_if(path, job_id, ("failure",),
-                      "status = 'pending', step = 'queued', attempts = 0, error = NULL,"
-                      " completed_at = NULL")
+    """Make a failed job pending again, for a person's retry; False if it had not failed.
+
+    The failure it ended in stays counted in the job-duration histogram (kept with the
+    purged totals: a histogram only grows, or Prometheus reads a reset)."""
+    with db.write(path) as conn:
+        timings.fold(conn, "id = ? AND status = 'failure'", (job_id,), names=("job",))
+        cursor = conn.execute(
+            "UPDATE ankisync_jobs SET status = 'pending', step = 'queued', attempts = 0,"
+            " error = NULL, completed_at = NULL WHERE id = ? AND status = 'failure'", (job_id,))
+    return cursor.rowcount == 1
 
 
 def recent(path, status=None, limit=20, before=None):

@@ -62,9 +62,13 @@ def purged(conn):
     return kept
 
 
-def fold(conn, where, args):
-    """Add the jobs matching where to the purged totals (inside the purge's transaction)."""
-    totals = add(purged(conn), measure(conn, where, args))
+def fold(conn, where, args, names=tuple(HISTOGRAMS)):
+    """Add the jobs matching where to the purged totals, in the caller's transaction (the
+    purge's; a retry's, for the "job" figure only, before the job's end is cleared)."""
+    measured = measure(conn, where, args)
+    for name in HISTOGRAMS.keys() - set(names):
+        measured[name] = {"buckets": [0] * len(BUCKETS), "count": 0, "sum": 0}
+    totals = add(purged(conn), measured)
     conn.execute("INSERT OR REPLACE INTO ankisync_state VALUES (?, ?)",
                  (PURGED, json.dumps(totals)))
 

@@ -111,6 +111,24 @@ def from_the_lan(service, headers):
     return json.loads(done.stdout)
 
 
+def test_a_retried_failure_stays_counted(make_service, fake_tts):
+    """A histogram only grows (else Prometheus reads a counter reset): a failed card a
+    person retries keeps its failure counted, and its success adds one more."""
+    service = make_service(ANKISYNC_METRICS="on")
+    fake_tts.fail_next(2, 400)  # Google refuses the card's clips: it fails for good
+    task_id = service.post_card(card(1))[1]["taskId"]
+    assert service.wait(task_id)[0]["status"] == "failure"
+    failed = histogram(scrape(service), "ankisync_job_duration_seconds")
+    assert failed["count"] == 1
+    status, _, _ = service.call("POST", f"/api/v1/tasks/{task_id}/retry")
+    assert status == 202
+    meanwhile = histogram(scrape(service), "ankisync_job_duration_seconds")
+    assert meanwhile["count"] >= failed["count"]  # however far the retry has come
+    assert service.wait(task_id)[0]["status"] == "success"
+    done = histogram(scrape(service), "ankisync_job_duration_seconds")
+    assert done["count"] == 2 and done["sum"] > failed["sum"]
+
+
 def test_with_a_key_every_caller_needs_it(make_service):
     service = make_service(ANKISYNC_METRICS="on", ANKISYNC_METRICS_KEY=METRICS_KEY)
     # this machine too: behind a reverse proxy on it, everyone's requests come from here
