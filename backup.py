@@ -43,6 +43,7 @@ from pathlib import Path
 
 import config
 import db
+import files
 import locks
 from errors import AlreadyRunning, AnkisyncError, BackupFailed, ConfigError, DamagedFile
 
@@ -101,22 +102,6 @@ def read_last(folder):
     return last if complete else {}
 
 
-def write_private(path, data):
-    """Write a file only its owner can read, whole or not at all."""
-    part = path.with_name(f".{path.name}.part")
-    part.unlink(missing_ok=True)
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(part, path)
-    except BaseException:  # a full disk: no half file left behind
-        part.unlink(missing_ok=True)
-        raise
-
-
 def new_stamp(folder):
     """Now, as a name no backup in folder has yet (two within a second: the next second)."""
     while True:
@@ -173,7 +158,7 @@ def _take(col, db_path, folder, keep, reopen):
             raise
     finally:
         copy.close()
-    write_private(folder / LAST, json.dumps(
+    files.write_whole(folder / LAST, json.dumps(
         {"time": stamp, "jobs": digest, "collection_mod": mod}).encode())
     rotate(folder, keep)
     log.info("backup written: %s and %s", colpkg, jobs_file)
@@ -205,7 +190,7 @@ def _link_or_copy(source, target):
     try:
         os.link(source, target)  # no second copy on disk
     except OSError:
-        write_private(target, source.read_bytes())
+        files.write_whole(target, source.read_bytes())
 
 
 def _write_jobs(copy, target):

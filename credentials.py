@@ -10,7 +10,9 @@ import json
 import os
 import secrets
 import stat
+from pathlib import Path
 
+import files
 from errors import ConfigError, DamagedFile
 
 
@@ -42,13 +44,7 @@ def load(path):
 
 def save(path, data):
     """Replace the file atomically, created 0600 from the start (no umask window)."""
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump(data, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
+    files.write_whole(Path(path), json.dumps(data, indent=1).encode())
 
 
 def update(path, **changes):

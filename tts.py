@@ -17,13 +17,13 @@ import pathlib
 import re
 import shutil
 import subprocess
-import tempfile
 import urllib.parse
 from typing import NamedTuple
 
 import config
 import credentials
 import errors
+import files
 import tts_rest
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,6 @@ def describe(provider, settings, keys):
     return f"espeak (espeak-ng), voice {voice.name}"
 
 
-TEMP_PREFIX = ".ankisync-"  # clips being written: "<TEMP_PREFIX>*.tmp"
-
-
 def temp_dir(data_dir: pathlib.Path) -> pathlib.Path:
     """Where clips are written before they move into the media folder."""
     return data_dir / "tmp"
@@ -149,7 +146,7 @@ def clean_temporaries(*folders: pathlib.Path) -> int:
     """Remove clips left half-written by a killed worker; how many were removed."""
     count = 0
     for folder in folders:
-        for path in folder.glob(TEMP_PREFIX + "*.tmp"):
+        for path in folder.glob(files.TEMP_PREFIX + "*.tmp"):
             path.unlink(missing_ok=True)
             count += 1
     return count
@@ -249,7 +246,7 @@ def ensure_clip(media_dir: pathlib.Path, text: str, voice: Voice, *, settings, k
     audio, extension = speak(words, voice, settings=settings, keys=keys, clients=clients)
     name = clip_name(text, voice, extension=extension)
     media_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(media_dir / name, audio, temp_dir or media_dir.parent)
+    files.write_whole(media_dir / name, audio, temp_dir or media_dir.parent)
     log.info("wrote clip %s (%d bytes, %d characters)", name, len(audio), len(words))
     return name
 
@@ -285,26 +282,6 @@ def speak(words: str, voice: Voice, *, settings, keys: dict,
             f"{name} answered with something that is not audio ({kind or 'no content type'},"
             f" {len(audio)} bytes): check {setting}; the job will be retried")
     return audio, extension
-
-
-def write_atomically(path, data, temp_dir):
-    """Write data to path so a reader (or a crash) never sees half a file.
-
-    The temporary file is made in temp_dir, on the same file system as path
-    (os.replace is then a rename), and outside the media folder: a kill
-    mid-write must not leave a file there that would be synced to every device.
-    """
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=temp_dir, prefix=TEMP_PREFIX, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def synthesize_espeak(text: str, *, voice: str, timeout: float, rate: float = 1.0) -> bytes:

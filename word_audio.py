@@ -15,6 +15,7 @@ import logging
 import card_options
 import download
 import errors
+import files
 import tts
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,6 @@ def ensure(url, media_dir, *, hosts, timeout, temp_dir):
     path = media_dir / name
     if not (path.is_file() and path.stat().st_size == len(data)):
         media_dir.mkdir(parents=True, exist_ok=True)
-        tts.write_atomically(path, data, temp_dir)
+        files.write_whole(path, data, temp_dir)
         log.info("wrote recording %s (%d bytes) from %s", name, len(data), url)
     return name
