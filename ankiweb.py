@@ -115,6 +115,47 @@ def _abort_media_sync(col: Collection) -> None:
             time.sleep(0.05)
 
 
+def _threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
+def _holds_open(path: str) -> bool:
+    """Whether this process has the file at path open."""
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                return True
+    return False
+
+
+def _start_media_sync(col: Collection, auth: SyncAuth, limit: float = 1.0) -> None:
+    """Start the media sync; return once it no longer needs the collection.
+
+    Anki's media sync thread first takes the collection's mutex, for a moment,
+    to open the media database; sync_collection holds that mutex until the
+    collection sync ends. Called right after col.sync_media(), it nearly always
+    won, and the media sync waited: its first request reached the server after
+    the collection sync's last in 60 of 63 syncs. So wait until the thread holds
+    its own handle on the media database (or is gone: a failure, raised later by
+    media_sync_status), then the two run side by side. Linux's /proc shows both;
+    elsewhere this only starts the sync.
+    """
+    try:
+        before = _threads()
+    except FileNotFoundError:  # no /proc
+        col.sync_media(auth)
+        return
+    col.sync_media(auth)
+    started = _threads() - before  # empty when a media sync was still running
+    media_db = str(Path(col.path).with_suffix(".media.db2"))
+    deadline = time.monotonic() + limit
+    while started & _threads() and not _holds_open(media_db):
+        if time.monotonic() > deadline:  # stuck somewhere: go on, as before
+            log.warning("the media sync had not started after %.1f s", limit)
+            return
+        time.sleep(0.0002)
+
+
 def _wait_for_media(col: Collection, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pause = 0.01
@@ -160,7 +201,7 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
     with _sync_errors(endpoint, col.tr):
         # Media first, so that it runs alongside the collection sync: both are
         # mostly round trips. A full sync or a new endpoint restarts it below.
-        col.sync_media(auth)
+        _start_media_sync(col, auth)
         before = _local_sync_marks(col)
         out = col.sync_collection(auth, sync_media=False)
         new_endpoint = out.new_endpoint if out.HasField("new_endpoint") else None

@@ -2,16 +2,14 @@
 and what an edit of a note type's schema does to the sync."""
 
 import contextlib
-import http.client
 import itertools
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
 
 from anki_server import download_collection, free_port, notes_in, upload_collection
 from helpers import card, wait_for_log
+from sync_proxy import SyncProxy
 from test_ankiconnect import Client, ac, basic, keyed, wait_for_port  # noqa: F401 (fixtures)
 
 FRONT_BACK = [{"Name": "Forward", "Front": "{{Front}}", "Back": "{{FrontSide}}<hr>{{Back}}"},
@@ -294,86 +292,6 @@ def test_update_note_model(ac):
 
 
 # --- schema changes and the sync ---
-
-class SyncProxy:
-    """Passes requests on to the sync server, and fails the ones it is told to.
-
-    answers maps a request path ("/sync/meta", "/sync/upload") to an iterator of
-    "pass", "fail" or "hold" for its next requests; a failed one gets a 500, a held
-    one waits for release() (holding is set meanwhile), then fails.
-    """
-
-    def __init__(self, target):
-        self.target = urlsplit(target)
-        self.answers = {}
-        self.seen = []
-        self.holding, self.released = threading.Event(), threading.Event()
-        proxy = self
-
-        class Forward(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self._body()
-                proxy.seen.append(self.path)
-                answer = next(proxy.answers.get(self.path, iter(())), "pass")
-                if answer == "hold":
-                    proxy.holding.set()
-                    proxy.released.wait(60)
-                if answer != "pass":
-                    self._answer(500, [], b"proxy: failed on purpose")
-                    return
-                conn = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port,
-                                                  timeout=60)
-                try:
-                    headers = {name: value for name, value in self.headers.items()
-                               if name.lower() not in ("host", "connection", "content-length",
-                                                       "transfer-encoding")}
-                    conn.request("POST", self.path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    self._answer(answer.status, answer.getheaders(), answer.read())
-                finally:
-                    conn.close()
-
-            def _body(self):
-                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                chunks = []  # Anki's client sends its bodies chunked
-                while size := int(self.rfile.readline().split(b";")[0], 16):
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-
-            def _answer(self, status, headers, body):
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in ("connection", "content-length",
-                                            "transfer-encoding", "date", "server"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def release(self):
-        self.released.set()
-
-    def __exit__(self, *exc_info):
-        self.release()
-        self.server.shutdown()
-        self.server.server_close()
-
 
 def start_with_ankiconnect_and_voice(make_service, **settings):
     """A service whose card jobs speak through the fake TTS (which can hold them)."""
