@@ -39,6 +39,12 @@ STATUS_NAMES = {
 }
 
 
+class _Server(ThreadingHTTPServer):
+    # Google takes any number of connections at once; the standard 5 of a listen
+    # backlog made a burst's 40th connection wait a second for its SYN to be resent.
+    request_queue_size = 256
+
+
 class FakeTTS:
     """A Google TTS endpoint on 127.0.0.1 served from a daemon thread."""
 
@@ -52,7 +58,7 @@ class FakeTTS:
         self._failures = []  # statuses (or broken-answer modes) of the next requests, in order
         self._gate = None  # while holding: the Event that releases the requests held
         self._held = threading.Semaphore(0)  # one release per request that reached the hold
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._server = _Server(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         # A client that gave up (timeout) closes its socket before a slow answer.
         self._server.handle_error = lambda request, address: None
