@@ -39,7 +39,10 @@ def service_status(current):
         "status": "disk full" if full else "ok" if pid and not problems else "degraded",
         "version": __version__,
         "problems": problems,
-        "worker": {"alive": bool(pid), "pid": pid},
+        # ready: warmed up (voice client built, collection open, first sync done), so
+        # the next card pays none of that
+        "worker": {"alive": bool(pid), "pid": pid,
+                   "ready": pid is not None and db.get_state(path, "worker_ready") == str(pid)},
         "ankiconnect": connect,
         "disk": {"full": full, "freeBytes": db.free_bytes(current.data_dir),
                  "message": db.disk_full_message(current.data_dir) if full else None},

@@ -17,6 +17,7 @@ import json
 import logging
 import pathlib
 import sqlite3
+import threading
 import time
 
 from huey import SqliteHuey
@@ -187,7 +188,7 @@ def make_card(job_id, task=None):
         return more
 
     try:
-        outcomes = huey.worker.make_cards(batch, claim_more)
+        outcomes = huey.worker.make_cards(batch, claim_more, ahead=BATCH)
     except Exception as error:  # every claimed job still gets an outcome
         outcomes = dict.fromkeys((job["id"] for job in batch), error)
     # The alarm may land inside anki's code, which turns it into another error
@@ -375,6 +376,7 @@ def start_worker():
         huey.worker.collection()  # opening it indexes it (first start with the index, or an
         # AnkiConnect change not yet synced)
     schedule_periodic_sync()
+    threading.Thread(target=huey.worker.warm_up, name="warm-up", daemon=True).start()
     if huey.settings.ankiconnect_listen:
         # Served from the worker process: the one that owns the collection.
         huey.ankiconnect = ankiconnect.start(huey.worker, queue_sync)

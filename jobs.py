@@ -199,6 +199,14 @@ def claim(path, job_id, limit, stale_after):
     return [rows[i] for i in ids]
 
 
+def pending_cards(path, limit):
+    """{id: request} of up to limit cards waiting for their first run, oldest first."""
+    rows = db.connect(path).execute(
+        "SELECT id, request FROM ankisync_jobs WHERE status = 'pending' AND kind = 'cloze'"
+        " ORDER BY created_at LIMIT ?", (limit,)).fetchall()
+    return {row[0]: json.loads(row[1]) for row in rows}
+
+
 def cancel(path, job_id):
     """Cancel a job that is not running and whose note is not added; False otherwise."""
     with db.write(path) as conn:

@@ -236,7 +236,9 @@ def schemas(card_fields, audio_hosts=()):
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
                 "version": {"type": "string", "description": "of ankisync (version.py)"},
                 "worker": {"type": "object", "properties": {
-                    "alive": {"type": "boolean"}, "pid": {"type": "integer", "nullable": True}}},
+                    "alive": {"type": "boolean"}, "pid": {"type": "integer", "nullable": True},
+                    "ready": {"type": "boolean", "description": "warmed up: the voice's "
+                              "client built, the collection open, the first sync tried"}}},
                 "queue": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "sync": {"type": "object", "properties": {

@@ -8,6 +8,7 @@ open collection, its lock, the sync lock and the TTS threads.
 
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ import jobs
 import notes
 import tts
 import word_audio
-from errors import AnkisyncError, BadNote, SyncAuthError
+from errors import AnkisyncError, BadNote, SyncAuthError, WorkerTrouble
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,18 @@ class Worker:
         self.sync_lock = threading.RLock()
         self._collection = None
         self._speakers = None  # the thread pool that speaks, made on first use
+        self._ahead = None  # the thread speaking the next cards during a sync (speak_ahead)
         self._tts_clients = {}  # Google's, kept: see tts.synthesize
         # Whether this worker has synced once before adding notes: a restored data dir
         # then finds the server's copies of its notes (by guid) instead of adding them again.
         self.pulled = False
+        self.closed = False  # after close(): nothing opens the collection again
 
     def collection(self):
         """The open collection, opened on first use and kept."""
         with self.lock:
+            if self.closed:  # a thread still busy at shutdown (warm_up, a backup)
+                raise WorkerTrouble("the worker is stopping; the job goes on at its next start")
             if self._collection is None:
                 self._collection = ankiweb.open_collection(
                     str(config.collection_path(self.settings)))
@@ -88,6 +93,7 @@ class Worker:
     def close(self):
         """Close the collection and the TTS threads (worker shutdown)."""
         with self.lock:  # an AnkiConnect action in progress finishes first
+            self.closed = True
             if self._collection is not None:
                 self._collection.close()
                 self._collection = None
@@ -180,12 +186,13 @@ class Worker:
         jobs.mark_added(self.db, job_id, result)
         return result
 
-    def make_cards(self, batch, claim_more):
+    def make_cards(self, batch, claim_more, ahead=0):
         """Speak, add and sync a batch of card jobs; {job id: None if done, else the error}.
 
         claim_more() gives jobs that arrived while the batch was being spoken:
         they are spoken too and join the batch. One job's failure is its own: the
-        others still get their notes, and all notes added go up in one sync.
+        others still get their notes, and all notes added go up in one sync. During
+        that sync, up to `ahead` waiting cards are spoken for the next batch.
         """
         cards, outcome = self._speak_batch(batch, claim_more)
         spoken = [job_id for job_id in cards if not isinstance(outcome[job_id], Exception)]
@@ -194,11 +201,14 @@ class Worker:
             self.pull()
         added = self._add_batch(spoken, cards, outcome)
         if added:
-            self._sync_batch(added, outcome)
+            self._sync_batch(added, outcome, ahead)
         return outcome
 
     def _speak_batch(self, batch, claim_more):
         """The batch's cards and their clips (or errors), with the jobs that joined meanwhile."""
+        if self._ahead is not None:  # what it spoke is on disk: found, not asked again
+            self._ahead.join()
+            self._ahead = None
         cards, outcome, more = {}, {}, batch
         while more:
             started = time.monotonic()
@@ -241,9 +251,10 @@ class Worker:
         duplicates.record(self.db, made)  # before the jobs finish: refuse sees one or the other
         return added
 
-    def _sync_batch(self, added, outcome):
+    def _sync_batch(self, added, outcome, ahead):
         """One sync for every note added; its error becomes each of those jobs' outcome."""
         jobs.set_step(self.db, added, "syncing")
+        self.speak_ahead(ahead)
         try:
             synced = self.sync()
         except TaskTimeout:
@@ -255,18 +266,59 @@ class Worker:
             log.info("job %s: %s", job_id, "synced" if synced else
                      "not synced: no sync login yet (./run.sh login USER)")
 
+    def speak_ahead(self, limit):
+        """Speak the cards waiting for the next batch while this one syncs.
+
+        A sync is round trips, and so is speaking: side by side, a long burst
+        costs one of them per batch instead of both. The clips land in the media
+        folder, where the next batch finds them (tts.ensure_clip's cache). A card
+        cancelled meanwhile leaves its clips unused (Anki's Check Media lists them).
+        """
+        waiting = jobs.pending_cards(self.db, limit) if limit else {}
+        if waiting:
+            self._ahead = threading.Thread(target=self._speak_quietly, args=(waiting,),
+                                           name="speak-ahead", daemon=True)
+            self._ahead.start()
+
+    def _speak_quietly(self, cards):
+        try:
+            self.speak_all(cards)
+        except Exception:  # the batch that claims these cards speaks them and says what fails
+            log.debug("speaking ahead failed", exc_info=True)
+
     def pull(self):
-        """The first batch of a worker syncs before adding (one sync per worker start).
+        """Sync once before the worker's first notes are added (warm_up does it at start).
 
         A data dir restored from a backup holds jobs whose notes are already on
         the server: synced first, the collection has them, and they are found by
         guid instead of being added a second time.
         """
+        with self.sync_lock:
+            if self.pulled:  # warm_up's pull finished while this one waited for it
+                return
+            try:
+                self.sync()
+            except AnkisyncError as error:
+                # the sync after adding will say it; duplicates are undone then
+                log.info("sync before adding failed: %s", error)
+
+    def warm_up(self):
+        """At worker start, what the first card would wait for: the voice's client, the
+        collection, the sync before the first notes. Run in a thread of its own; a card
+        that comes meanwhile waits only for what is not done yet."""
+        started = time.monotonic()
+        # health's worker.ready: the consumer's pid (worker.pid's) once this process is
+        # warm; unset while a process replacing a dead one warms up
+        db.set_state(self.db, worker_ready="")
         try:
-            self.sync()
-        except AnkisyncError as error:
-            # the sync after adding will say it; duplicates are undone then
-            log.info("sync before adding failed: %s", error)
+            tts.prepare(self.settings, tts.keys(self.settings), self._tts_clients)
+            if config.collection_path(self.settings).exists():
+                self.collection()  # no collection yet: it is made with the first card
+                self.pull()
+        except Exception:  # the first card tries each again, and says what fails
+            log.warning("warming up failed", exc_info=True)
+        db.set_state(self.db, worker_ready=str(os.getppid()))
+        log.info("worker warmed up in %.2f s", time.monotonic() - started)
 
     def undouble(self, col):
         """Remove second notes of one job (same guid), keeping the oldest; how many went.
