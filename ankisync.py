@@ -376,6 +376,7 @@ def add_cloze_note():
         raise ApiError(409, duplicate_message(card["word"], held), noteIds=held.note_ids,
                        taskIds=held.task_ids) from None
     if created:
+        huey_tasks.nudge()
         log.info("job %s: accepted", job["id"])
     if bottle.request.query.get("async", "true").lower() in ("false", "0", "no"):
         if _waiters.acquire(blocking=False):

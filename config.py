@@ -489,6 +489,10 @@ def worker_pid_path(settings):
     return settings.data_dir / "worker.pid"
 
 
+def wakeup_path(settings):
+    return settings.data_dir / "worker.wake"
+
+
 def lock_path(settings, role):
     """Held by the running API ("api") or worker ("worker"): one of each per data dir;
     "init" is held by any process while it checks and creates the data dir's files."""

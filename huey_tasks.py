@@ -33,6 +33,7 @@ import duplicates
 import jobs
 import notify
 import tts
+import wakeup
 from errors import (AnkisyncError, PermanentError, SyncTimedOut, TaskTimedOut,
                     TransientError, WorkerTrouble)
 
@@ -75,11 +76,31 @@ class JsonSerializer(Serializer):
 
 
 class Storage(SqliteStorage):
-    """Huey's queue, left alone while the disk under the data dir is full (db.DiskGuard)."""
+    """Huey's queue, left alone while the disk under the data dir is full (db.DiskGuard).
+
+    Each task queued nudges the worker (wakeup.py). The worker's queue waits for
+    a nudge when empty (blocking: Huey then adds no sleep of its own).
+    """
 
     disk = None  # the guard, given by init()
+    wakeup_path = None  # where the worker listens, given by init()
+    listener = None  # the worker's wakeup.Listener (start_worker), if it could make one
+
+    @property
+    def blocking(self):
+        return self.listener is not None
+
+    def enqueue(self, data, priority=None):
+        super().enqueue(data, priority)
+        nudge()  # a retry the scheduler moved here, a sync queued by AnkiConnect
 
     def dequeue(self):
+        task = self._dequeue()
+        if task is None and self.listener is not None and self.listener.wait():
+            task = self._dequeue()
+        return task
+
+    def _dequeue(self):
         if self.disk.full():
             return None
         try:
@@ -118,6 +139,7 @@ def init(settings):
     huey.settings = settings
     huey.storage.filename = str(config.db_path(settings))
     huey.storage.disk = db.DiskGuard(settings.data_dir, on_room=recover)
+    huey.storage.wakeup_path = config.wakeup_path(settings)
     for task in (make_card, sync_now, periodic_sync):
         task.task_class.default_timeout = settings.task_timeout
     huey.storage.initialize_schema()
@@ -370,6 +392,7 @@ def start_worker():
     huey.worker = worker.Worker(huey.settings, reappliers={"ankiconnect": ankiconnect.readd,
                                                               "deletion": ankiconnect.readd},
                                 notifier=huey.notifier)
+    huey.storage.listener = wakeup.listen(huey.storage.wakeup_path)
     recover()
     purge_finished()
     if duplicates.stale(_db()) and config.collection_path(huey.settings).exists():
@@ -396,6 +419,9 @@ def close_collection():
         huey.worker.close()
     if huey.notifier is not None:
         huey.notifier.close()
+    if huey.storage.listener is not None:
+        huey.storage.listener.close()
+        huey.storage.listener = None
 
 
 @huey.task(priority=10, timeout=3600)  # first in line; a big collection on a Pi takes a while
@@ -430,11 +456,17 @@ def enqueue(job_id):
     make_card(job_id, id=job_id)
 
 
+def nudge():
+    """Wake the worker for a task just queued (committed: it must find it)."""
+    wakeup.nudge(huey.storage.wakeup_path)
+
+
 def enqueue_in(conn, job_id):
     """Enqueue the job's task inside the caller's transaction on the shared file.
 
     What SqliteStorage.enqueue does, on our connection, so that the job row
     and its task commit together (one fsync, and never one without the other).
+    The caller nudges the worker once that is committed.
     """
     conn.execute("INSERT INTO task (queue, data, priority) VALUES (?, ?, 0)",
                  (huey.name, huey.serialize_task(make_card.s(job_id, id=job_id))))
