@@ -92,7 +92,8 @@ LINES = {
                          f" {r['after_pss']:.0f} MiB (after: {r['after_processes']})"),
     "pi-memory": lambda r: (f"cgroup peak {r['peak_mib']:.0f} MiB of {r['limit_mib']:.0f} MiB;"
                             f" limit hit {r['limit_hits']:.0f} times, {r['oom_kills']:.0f} OOM"
-                            f" kills; {'; '.join(r['processes'])}"),
+                            f" kills; {r['processes']:.0f} processes, each on CPU 0 alone and"
+                            f" in the cgroup"),
 }
 
 

@@ -246,8 +246,11 @@ class Rig:
 
     def pi_memory(self, service, check=True):
         """The service's cgroup now: peak memory, how often the limit was hit, OOM kills;
-        and (check) pi_check()'s line per process."""
+        and (check) how many processes pi_check() found right, its lines printed."""
         path = service.pi_cgroup
+        processes = self.pi_check(service) if check else []
+        if processes:
+            print(f"# --pi {path.name}: " + "; ".join(processes), file=sys.stderr, flush=True)
 
         def keyed(name):
             lines = _read(path / name).splitlines()
@@ -262,7 +265,7 @@ class Rig:
             events = keyed("memory.events")
             hits, ooms = events.get("max", 0), events.get("oom_kill", 0)
         return {"peak_mib": peak / MiB, "limit_mib": self.PI_MEMORY / MiB, "limit_hits": hits,
-                "oom_kills": ooms, "processes": self.pi_check(service) if check else []}
+                "oom_kills": ooms, "processes": len(processes)}
 
     def _pi_remove(self, service):
         """Kill what is left in the service's cgroup (all of it ours) and remove the cgroup."""
