@@ -66,7 +66,7 @@ def arg_parser(description, **defaults):
 class Rig:
     """The parts around ankisync, shared by the runs of one script."""
 
-    PI_MEMORY = 512 * MiB  # --pi: the memory cgroup's limit (RAM and swap together)
+    PI_MEMORY = 512 * MiB  # --pi: the memory cgroup's limit (RAM; swap is the machine's)
 
     def __init__(self, rtt=0.1, tts_delay=0.2, workdir=None, keep=False, pi=False):
         self.rtt, self.tts_delay = rtt, tts_delay
@@ -203,15 +203,11 @@ class Rig:
         """Make the service's cgroup with its limit; run.sh joins it as it starts."""
         version, mount, own = self.pi_cgroups
         path = mount / own.lstrip("/") / f"ankisync-bench-{os.getpid()}-{name}"
-        limits = ({"memory.limit_in_bytes": self.PI_MEMORY,
-                   "memory.memsw.limit_in_bytes": self.PI_MEMORY} if version == 1 else
-                  {"memory.max": self.PI_MEMORY, "memory.swap.max": 0})
+        limit = path / ("memory.limit_in_bytes" if version == 1 else "memory.max")
         try:
             path.mkdir()
             service.pi_cgroup = path
-            for file, value in limits.items():
-                if (path / file).exists():  # no memsw/swap files when swap accounting is off
-                    (path / file).write_text(str(value))
+            limit.write_text(str(self.PI_MEMORY))
         except OSError as error:
             raise SystemExit(f"--pi: could not make the memory cgroup {path}: {error}")
         # run.sh is a bash script: bash sources BASH_ENV in its own process before
