@@ -10,7 +10,9 @@ collection), then the burst is timed, then --async-cards single ?async=false
 cards one after the other. Prints:
   burst-N: seconds from the first POST to the last job `success` with synced;
   async-false: seconds of one POST ?async=false answered ok and synced;
-  memory: RSS and PSS sums of run.sh's whole process group, fresh and after the burst.
+  memory: RSS and PSS sums of run.sh's whole process group, fresh and after the burst;
+  pi-memory (--pi): the memory cgroup's peak, whether its limit was hit, and each
+             process's CPUs and cgroup, read after the ?async=false cards.
 """
 
 import statistics
@@ -88,6 +90,10 @@ LINES = {
     "memory": lambda r: (f"fresh RSS {r['fresh_rss']:.0f} MiB / PSS {r['fresh_pss']:.0f} MiB;"
                          f" after the burst RSS {r['after_rss']:.0f} MiB / PSS"
                          f" {r['after_pss']:.0f} MiB (after: {r['after_processes']})"),
+    "pi-memory": lambda r: (f"cgroup peak {r['peak_mib']:.0f} MiB of {r['limit_mib']:.0f} MiB;"
+                            f" limit hit {r['limit_hits']:.0f} times, {r['oom_kills']:.0f} OOM"
+                            f" kills; {r['processes']:.0f} processes, each on CPU 0 alone and"
+                            f" in the cgroup"),
 }
 
 
@@ -102,6 +108,7 @@ def run_once(rig, args, keep_service=False):
         one_burst = burst(service, args.cards, args.timeout)
         after = common.memory_summary(service)
         waited = async_false(service, args.async_cards)
+        pi = rig.pi_memory(service) if rig.pi else None
     except BaseException:
         rig.stop(service)
         raise
@@ -111,6 +118,8 @@ def run_once(rig, args, keep_service=False):
               "after_pss": after["pss"], "fresh_processes": fresh["processes"],
               "after_processes": after["processes"]}
     results = {f"burst-{args.cards}": one_burst, "async-false": waited, "memory": memory}
+    if pi:
+        results["pi-memory"] = pi
     return (results, service) if keep_service else results
 
 

@@ -54,6 +54,10 @@ def arg_parser(description, **defaults):
     parser.add_argument("--workdir", help="where data dirs go (default: a new temp dir, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
     parser.add_argument("--json", help="also append the results, one JSON object a line, here")
+    if defaults.get("pi"):  # only where the script hands it to Rig
+        parser.add_argument("--pi", action="store_true",
+                            help="Pi-sized: ankisync's processes on CPU 0 only, in a 512 MiB"
+                                 " memory cgroup (needs root and the memory controller)")
     return parser
 
 
@@ -62,8 +66,11 @@ def arg_parser(description, **defaults):
 class Rig:
     """The parts around ankisync, shared by the runs of one script."""
 
-    def __init__(self, rtt=0.1, tts_delay=0.2, workdir=None, keep=False):
+    PI_MEMORY = 512 * MiB  # --pi: the memory cgroup's limit (RAM; swap is the machine's)
+
+    def __init__(self, rtt=0.1, tts_delay=0.2, workdir=None, keep=False, pi=False):
         self.rtt, self.tts_delay = rtt, tts_delay
+        self.pi = pi
         self.keep = keep or bool(workdir)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ankisync-bench-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +89,11 @@ class Rig:
         return self
 
     def _start(self):
+        if self.pi:  # before anything starts: a --pi run never goes unconstrained
+            self.pi_cgroups = self._pi_parent()
+            print(f"# --pi: ankisync on CPU 0, in a {self.PI_MEMORY // MiB} MiB memory cgroup"
+                  f" (cgroup v{self.pi_cgroups[0]}) under {self.pi_cgroups[1]}",
+                  file=sys.stderr, flush=True)
         stack = self._stack
         users = {f"user{n}": "pass" for n in range(1, ACCOUNTS + 1)}
         self.sync_server = stack.enter_context(SyncServer(self.workdir / "syncserver", users))
@@ -106,6 +118,7 @@ class Rig:
     def __exit__(self, *exc_info):
         for service in self.services:
             service.kill()
+            self._pi_remove(service)
         self._stack.close()
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -128,9 +141,13 @@ class Rig:
                     **settings}
         service = Service(self.workdir / name, **settings)
         self.services.append(service)
+        if self.pi:
+            self._pi_enter(service, name)
         if notes:
             make_collection(service.data_dir, notes)
         service.start(timeout=120)
+        if self.pi:
+            self.pi_check(service)
         service.login()
         if login:
             self.sync_login(service)
@@ -146,7 +163,133 @@ class Rig:
         with contextlib.suppress(Exception):
             service.process.wait(10)
             service.process.stdout.close()
+        self._pi_remove(service)
         self.services.remove(service)
+
+    # --pi: a memory cgroup per service, made under the one this bench runs in
+    # (so whatever limits the bench still holds), with run.sh pinned to CPU 0.
+
+    def _pi_parent(self):
+        """(cgroup version, mount point, this process's cgroup path) for --pi, or exit saying
+        what is missing."""
+        missing = []
+        if os.geteuid() != 0:
+            missing.append("root (it makes a cgroup per service)")
+        if not shutil.which("taskset"):
+            missing.append("taskset (Debian: util-linux)")
+        own = {}  # controllers ("v2" for the unified hierarchy): this process's cgroup
+        for line in _read("/proc/self/cgroup").splitlines():
+            number, controllers, path = line.split(":", 2)
+            own["v2" if number == "0" else controllers] = path
+        v1 = next((path for key, path in own.items() if "memory" in key.split(",")), None)
+        mounts = [line.split()[1:4] for line in _read("/proc/self/mounts").splitlines()]
+        found = next(((1, Path(mount), v1) for mount, fstype, options in mounts
+                      if fstype == "cgroup" and "memory" in options.split(",") and v1), None)
+        for mount, fstype, _ in mounts:
+            if fstype == "cgroup2" and "v2" in own and not found:
+                controls = Path(mount + own["v2"]) / "cgroup.subtree_control"
+                if "memory" in _read(controls).split():
+                    found = (2, Path(mount), own["v2"])
+                else:
+                    missing.append(f"the memory controller in {controls} (cgroup v2; a cgroup"
+                                   " that holds processes cannot enable it for its children)")
+        if not found and not missing:
+            missing.append("a memory cgroup controller (none is mounted)")
+        if missing:
+            raise SystemExit("--pi needs " + "; ".join(missing))
+        return found
+
+    def _pi_enter(self, service, name):
+        """Make the service's cgroup with its limit; run.sh joins it as it starts."""
+        version, mount, own = self.pi_cgroups
+        path = mount / own.lstrip("/") / f"ankisync-bench-{os.getpid()}-{name}"
+        limit = path / ("memory.limit_in_bytes" if version == 1 else "memory.max")
+        try:
+            path.mkdir()
+            service.pi_cgroup = path
+            limit.write_text(str(self.PI_MEMORY))
+        except OSError as error:
+            raise SystemExit(f"--pi: could not make the memory cgroup {path}: {error}")
+        # run.sh is a bash script: bash sources BASH_ENV in its own process before
+        # the script's first line, so run.sh is inside before it forks anything
+        service.env.update(BASH_ENV=str(ROOT / "bench" / "pi_cgroup.sh"),
+                           BENCH_PI_CGROUP=str(path))
+
+    def pi_check(self, service):
+        """Each process of the service (its group and its cgroup): CPUs allowed and cgroup.
+
+        One line per process; raises when one is not on CPU 0 alone or not in the cgroup.
+        """
+        version, mount, _ = self.pi_cgroups
+        path = service.pi_cgroup
+        expected = "/" + str(path.relative_to(mount))
+        pids = set(group_pids(service)) | {int(p) for p in _read(path / "cgroup.procs").split()}
+        lines, wrong = [], []
+        for pid in sorted(pids):
+            status = dict(line.split(":", 1) for line in _read(f"/proc/{pid}/status").splitlines())
+            cpus = status.get("Cpus_allowed_list", "?").strip()
+            if not status:
+                continue  # gone meanwhile
+            groups = [line.split(":", 2) for line in _read(f"/proc/{pid}/cgroup").splitlines()]
+            inside = any(p == expected and ("memory" in c.split(",") if version == 1 else n == "0")
+                         for n, c, p in groups)
+            lines.append(f"{pid} {role(pid)}: CPUs {cpus}, {'in' if inside else 'NOT IN'} cgroup")
+            if cpus != "0" or not inside:
+                wrong.append(lines[-1])
+        if wrong or not lines:
+            raise RuntimeError(f"--pi: not pinned or not in {path}: {wrong or 'no process'}")
+        return lines
+
+    def pi_memory(self, service, check=True):
+        """The service's cgroup now: peak memory, how often the limit was hit, OOM kills;
+        and (check) how many processes pi_check() found right, its lines printed."""
+        path = service.pi_cgroup
+        processes = self.pi_check(service) if check else []
+        if processes:
+            print(f"# --pi {path.name}: " + "; ".join(processes), file=sys.stderr, flush=True)
+
+        def keyed(name):
+            lines = _read(path / name).splitlines()
+            return {key: int(value) for key, value in (line.split() for line in lines)}
+
+        if self.pi_cgroups[0] == 1:
+            peak = int(_read(path / "memory.max_usage_in_bytes") or 0)
+            hits = int(_read(path / "memory.failcnt") or 0)
+            ooms = keyed("memory.oom_control").get("oom_kill", 0)
+        else:
+            peak = int(_read(path / "memory.peak") or 0)  # kernel 5.19 or newer
+            events = keyed("memory.events")
+            hits, ooms = events.get("max", 0), events.get("oom_kill", 0)
+        return {"peak_mib": peak / MiB, "limit_mib": self.PI_MEMORY / MiB, "limit_hits": hits,
+                "oom_kills": ooms, "processes": len(processes)}
+
+    def _pi_remove(self, service):
+        """Kill what is left in the service's cgroup (all of it ours) and remove the cgroup."""
+        path = getattr(service, "pi_cgroup", None)
+        if path is None:
+            return
+        with contextlib.suppress(Exception):
+            usage = self.pi_memory(service, check=False)
+            if usage["limit_hits"] or usage["oom_kills"]:
+                print(f"# --pi {path.name}: the {usage['limit_mib']:.0f} MiB limit was hit"
+                      f" {usage['limit_hits']} times, {usage['oom_kills']} OOM kills; peak"
+                      f" {usage['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + 10
+        while True:
+            for pid in _read(path / "cgroup.procs").split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            try:
+                path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # busy while the killed processes are being reaped
+                if time.monotonic() > deadline:
+                    print(f"# --pi: could not remove {path}", file=sys.stderr, flush=True)
+                    break
+                time.sleep(0.05)
+        service.pi_cgroup = None
 
 
 def _kill_group(process):
@@ -405,10 +548,10 @@ def report(name, results, line, json_path=None):
 
 def main(doc, add_arguments, run_once, line_for):
     """A measure script's whole run: parse, measure N times in one rig, print the medians."""
-    parser = arg_parser(doc.splitlines()[0])
+    parser = arg_parser(doc.splitlines()[0], pi=True)
     add_arguments(parser)
     args = parser.parse_args()
-    with Rig(args.rtt, args.tts_delay, args.workdir, args.keep) as rig:
+    with Rig(args.rtt, args.tts_delay, args.workdir, args.keep, args.pi) as rig:
         runs = [run_once(rig, args) for _ in range(args.runs)]
     for name in runs[0]:
         report(name, [run[name] for run in runs], line_for(name), args.json)

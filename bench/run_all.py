@@ -52,7 +52,7 @@ def run_once(rig, args):
 
 
 def main():
-    parser = common.arg_parser(__doc__.splitlines()[0], runs=3)
+    parser = common.arg_parser(__doc__.splitlines()[0], runs=3, pi=True)
     enqueue.add_arguments(parser)
     parser.add_argument("--timeout", type=float, default=120,
                         help="longest wait for one burst, seconds (default %(default)s)")
@@ -69,7 +69,7 @@ def main():
     began = time.monotonic()
     print(f"# ankisync {revision()}; {common.machine()}", flush=True)
     print(f"# {' '.join(sys.argv)}", flush=True)
-    with common.Rig(args.rtt, args.tts_delay, args.workdir, args.keep) as rig:
+    with common.Rig(args.rtt, args.tts_delay, args.workdir, args.keep, args.pi) as rig:
         runs = []
         for number in range(args.runs):
             runs.append(run_once(rig, args))
@@ -80,7 +80,7 @@ def main():
             args.requests, args.warmup = 1000, 100
             scaled = [scaling.run_once(rig, args) for _ in range(args.scaling_runs)]
     lines = {**enqueue.LINES, **burst.LINES, **idle.LINES}
-    for name in ORDER:
+    for name in ORDER + (["pi-memory"] if args.pi else []):
         common.report(name, [run[name] for run in runs], lines[name], args.json)
     for name in (scaled[0] if scaled else {}):
         common.report(name, [run[name] for run in scaled], scaling.line(name), args.json)

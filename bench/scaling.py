@@ -7,7 +7,8 @@ One fresh service takes the bursts in turn (each to all synced, or to
 rate). A second service starts on a collection that already holds --notes
 Basic notes (made with anki's own API before the start; its first sync
 uploads it whole), then takes a 20-card burst and the one-client enqueue
-measure. Prints one line per burst size and two for the big collection.
+measure. Prints one line per burst size and two for the big collection; with
+--pi also each service's memory cgroup peak and whether its limit was hit.
 """
 
 import time
@@ -24,6 +25,8 @@ def run_once(rig, args):
         burst.warm_up(service)
         for size in args.sizes:
             results[f"scale-burst-{size}"] = burst.burst(service, size, args.timeout)
+        if rig.pi:
+            results["pi-memory-bursts"] = rig.pi_memory(service)
     finally:
         rig.stop(service)
     if args.notes:
@@ -36,12 +39,16 @@ def run_once(rig, args):
             results[f"notes{args.notes}-burst-20"] = {**big, "ready_s": ready}
             results[f"notes{args.notes}-enqueue-1"] = enqueue.enqueue_one_client(
                 service, args.requests, args.warmup)
+            if rig.pi:
+                results[f"pi-memory-notes{args.notes}"] = rig.pi_memory(service)
         finally:
             rig.stop(service)
     return results
 
 
 def line(name):
+    if name.startswith("pi-memory"):
+        return burst.LINES["pi-memory"]
     if name.endswith("enqueue-1"):
         return enqueue.LINES["enqueue-1"]
     if name.startswith("notes"):
