@@ -28,18 +28,22 @@ sync server, and measures, empty and big in turn:
     the collection;
   findNotes: all notes (`deck:*`) and a word search, median of 5 each, idle;
   burst-20: after `./run.sh login` and its sync, and one warm-up card, 20
-    cards posted back to back until every job is `success` and synced.
+    cards posted back to back until every job is `success` and synced;
+  addNote-synced: an AnkiConnect `addNote` (as Yomitan sends) until the sync
+    it queues has ended (the worker's last sync time moved) and the collection
+    is free again (a `findNotes` answers: it waits for the duplicate index's
+    comparison that follows such a sync).
 
 Prints one line per measure: big, empty, and their ratio (medians of --runs).
 """
 
-import argparse
 import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import sys
 import time
@@ -264,6 +268,15 @@ def collection_holder(service):
     raise RuntimeError("no process of the service has anki loaded")
 
 
+def last_sync(service):
+    """When the worker's last sync ended, to the microsecond (/health gives whole seconds)."""
+    with contextlib.closing(sqlite3.connect(
+            f"file:{service.data_dir / 'ankisync.db'}?mode=ro", uri=True, timeout=10)) as conn:
+        row = conn.execute("SELECT value FROM ankisync_state WHERE key = 'last_sync_at'"
+                           ).fetchone()
+    return row and row[0]
+
+
 def worker_memory(service):
     rss, pss = common.memory([collection_holder(service)]).popitem()[1]
     return rss / common.MiB, pss / common.MiB
@@ -292,16 +305,27 @@ def measure(rig, prepared, account, name):
             results[measure_name] = statistics.median(times)
         results["notes-found"] = len(ankiconnect(port, "findNotes", query="deck:*"))
         # log into this run's account; the sync the login queues runs first
-        last = service.call("GET", "/api/v1/health")[2]["sync"]["lastSyncAt"]
+        last = last_sync(service)
         service.sync_login(account)
-        wait_until(lambda: service.call("GET", "/api/v1/health")[2]["sync"]["lastSyncAt"]
-                   != last, "the sync after login", 300)
+        wait_until(lambda: last_sync(service) != last, "the sync after login", 300)
         burst.warm_up(service)
         done = burst.burst(service, 20, 300)
         if done["failed"] or done["timed_out"]:
             raise RuntimeError(f"{name}: the burst did not end synced: {done}")
         results["burst-20"] = done["seconds"]
         results["rss-after"], results["pss-after"] = worker_memory(service)
+        # a Yomitan-style add: AnkiConnect addNote, then the sync it queues, to its end
+        last = last_sync(service)
+        began = time.monotonic()
+        ankiconnect(port, "addNote", note={
+            "deckName": "Default", "modelName": "Basic", "options": {"allowDuplicate": True},
+            "fields": {"Front": f"added over AnkiConnect in {name}", "Back": "x"}})
+        wait_until(lambda: last_sync(service) != last, "the sync after addNote", 300,
+                   every=0.01)
+        # the last sync time is written before the duplicate index is compared with the
+        # collection (which an AnkiConnect change asks for): an action waits for both
+        ankiconnect(port, "findNotes", query=SEARCH_WORD)
+        results["addNote-synced"] = time.monotonic() - began
     finally:
         rig.stop(service)
     if not rig.keep:
@@ -319,6 +343,7 @@ LINES = {
     "burst-20": ("20-card burst to all synced", "s"),
     "rss-after": ("worker RSS after the burst", "MiB"),
     "pss-after": ("worker PSS after the burst", "MiB"),
+    "addNote-synced": ("AnkiConnect addNote to the end of the sync it queues, collection free", "s"),
 }
 
 
