@@ -53,7 +53,7 @@ from pathlib import Path
 import burst
 import common
 
-sys.path.insert(0, str(common.ROOT))
+sys.path.insert(0, str(common.ROOT))  # notes.py, for the note type
 
 from anki_server import SyncServer, free_port  # noqa: E402
 from service import Service, wait_until  # noqa: E402
@@ -95,7 +95,6 @@ def make(data_dir, notes=NOTES, media=MEDIA, seed=17):
 
     Returns {"seconds", "notes", "media", "bytes"}. One anki transaction for all the notes.
     """
-    sys.path.insert(0, str(common.ROOT))
     import notes as ankisync_notes  # our note type, made as the worker makes it
     from anki.collection import AddNoteRequest, Collection
 
@@ -168,10 +167,8 @@ def _upload(data_dir, server_url, username):
             col.full_upload_or_download(auth=auth, server_usn=None, upload=True)
             col.reopen(after_full_sync=True)
         col.sync_media(auth)
-        while col.media_sync_status().active:
+        while col.media_sync_status().active:  # raises the media sync's error, if any
             time.sleep(0.2)
-        left = col.db.scalar("select count() from col")  # opened and answering
-        assert left == 1
     finally:
         col.close()
 
@@ -196,23 +193,23 @@ def settings_for(rig, **extra):
             "ANKISYNC_CARD_BURST": 100_000, "ANKISYNC_MAX_QUEUED": 100_000, **extra}
 
 
-def prepare(rig, cache, kind, notes, media):
-    """cache/kind/{data, server, api_key}: a used install and its sync account, made once."""
-    folder = Path(cache) / kind
+def prepare(rig, cache, name, notes, media):
+    """cache/name/{data, server, api_key}: a used install and its sync account, made once."""
+    folder = Path(cache) / name
     if (folder / "done").exists():
-        print(f"# {kind}: reusing {folder}", file=sys.stderr, flush=True)
+        print(f"# {name}: reusing {folder}", file=sys.stderr, flush=True)
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     data = folder / "data"
     made = make(data, notes, media)
-    print(f"# {kind}: made {made['notes']} notes and {made['media']} clips"
+    print(f"# {name}: made {made['notes']} notes and {made['media']} clips"
           f" ({made['bytes'] / common.MiB:.0f} MiB) in {made['seconds']:.1f} s",
           file=sys.stderr, flush=True)
     with SyncServer(folder / "syncserver", {PREP_USER: "pass"}) as server:
         began = time.monotonic()
         _upload(data, server.url, PREP_USER)
-        print(f"# {kind}: full upload and media sync in {time.monotonic() - began:.1f} s",
+        print(f"# {name}: full upload and media sync in {time.monotonic() - began:.1f} s",
               file=sys.stderr, flush=True)
         # ankisync once: its duplicate index, its tables, a warm-up card through it all
         service = Service(data, **settings_for(rig, ANKISYNC_SYNC_ENDPOINT=server.url))
@@ -391,7 +388,9 @@ def main():
     with common.Rig(args.rtt, args.tts_delay, args.workdir, args.keep) as rig:
         cache = Path(args.cache) if args.cache else rig.workdir / "prepared"
         sizes = {"empty": (0, 0), "big": (args.notes, args.media)}
-        prepared = {kind: prepare(rig, cache, kind, *size) for kind, size in sizes.items()}
+        # named for their size, so that a --cache made with other sizes is not taken
+        prepared = {kind: prepare(rig, cache, f"notes{size[0]}-media{size[1]}", *size)
+                    for kind, size in sizes.items()}
         # each run's copy of each server account, in place before the server reads it
         accounts = {}
         rig.sync_server.stop()
