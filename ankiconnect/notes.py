@@ -15,6 +15,7 @@ from anki.notes import Note, NoteFieldsCheckResult
 from anki.utils import checksum
 
 import config
+import duplicates
 import jobs
 from ankiconnect import deletions
 from ankiconnect.decks import deck as _deck
@@ -266,8 +267,10 @@ def _can_add(col, request):
 def addNote(context, note):
     media = fetch_media(context.settings, note)
     with context.worker.lock:
-        note_id = _add(context, context.collection(), note, media)
-    context.sync_soon()
+        col = context.collection()
+        note_id = _add(context, col, note, media)
+        indexed = duplicates.holds(col, [note_id])
+    context.sync_soon(index=indexed)
     return note_id
 
 
@@ -312,8 +315,9 @@ def addNotes(context, notes):
                 jobs.mark_deleted(path, [job["id"] for job in jobs.added(path)
                                          if note_guid(job["id"]) in guids])
             raise
+        indexed = duplicates.holds(col, ids)
     if ids:
-        context.sync_soon()
+        context.sync_soon(index=indexed)
     return ids
 
 
