@@ -43,8 +43,8 @@ class Context:
     def sync_soon(self, index=True):
         """Queue one sync for what an action changed; the change is in either way.
 
-        index False: the change cannot touch the duplicate index (only notes of other
-        types than the one it holds were added), so that sync need not compare it all.
+        index False: the change cannot touch the duplicate index (tags only, or notes
+        of other types than the one it holds), so that sync need not compare it all.
         """
         if index:
             duplicates.mark_stale(self.worker.db)  # that sync compares the duplicate index

@@ -353,7 +353,8 @@ def updateNoteFields(context, note):
                 anki_note[name] = str(value)
         attach_media(col, anki_note, media)
         col.update_note(anki_note)
-    context.sync_soon()
+        indexed = duplicates.holds(col, [anki_note.id])
+    context.sync_soon(index=indexed)
 
 
 @action
@@ -374,7 +375,7 @@ def updateNoteTags(context, note, tags):
         anki_note = _get_note(col, note)
         anki_note.tags = tags
         col.update_note(anki_note)
-    context.sync_soon()
+    context.sync_soon(index=False)  # the duplicate index holds no tags
 
 
 @collection_action
@@ -395,7 +396,7 @@ def addTags(context, notes, tags, add=True):
             col.tags.bulk_add(notes, tags)
         else:
             col.tags.bulk_remove(notes, tags)
-    context.sync_soon()
+    context.sync_soon(index=False)  # the duplicate index holds no tags
 
 
 @action
@@ -461,7 +462,7 @@ def replaceTags(context, notes, tag_to_replace, replace_with_tag):
     with context.worker.lock:
         changed = _replace_tag(context.collection(), notes, old, new)
     if changed:
-        context.sync_soon()
+        context.sync_soon(index=False)
 
 
 @action
@@ -472,7 +473,7 @@ def replaceTagsInAllNotes(context, tag_to_replace, replace_with_tag):
         col = context.collection()
         changed = _replace_tag(col, col.db.list("select id from notes"), old, new)
     if changed:
-        context.sync_soon()
+        context.sync_soon(index=False)
 
 
 @action
@@ -480,4 +481,4 @@ def clearUnusedTags(context):
     with context.worker.lock:
         changes = context.collection().tags.clear_unused_tags()
     if changes.count:
-        context.sync_soon()
+        context.sync_soon(index=False)
