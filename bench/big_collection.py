@@ -378,6 +378,8 @@ def main():
     parser.add_argument("--cache", help="keep the prepared installs and sync accounts here and"
                         " reuse them next time (default: made anew in the work dir)")
     args = parser.parse_args()
+    if 2 * args.runs > common.ACCOUNTS:
+        parser.error(f"--runs: at most {common.ACCOUNTS // 2} (two sync accounts a run)")
     if args.make:
         made = make(args.make, args.notes, args.media)
         print(f"{made['notes']} notes, {made['media']} media files"
