@@ -213,6 +213,19 @@ def after_sync(path, col, before, outcome):
         db.set_state(path, **{STATE_KEY: json.dumps(after)})
 
 
+def holds(col, note_ids):
+    """Whether any of the notes is of the note type the index holds (Custom Cloze)."""
+    mid = col.models.id_for_name(notes.NOTETYPE_NAME)
+    if mid is None:
+        return False
+    for start in range(0, len(note_ids), CHUNK):  # within SQLite's count of ? per query
+        chunk = note_ids[start:start + CHUNK]
+        if col.db.scalar(f"select exists (select 1 from notes where mid = ? and id in"
+                         f" ({', '.join('?' * len(chunk))}))", mid, *chunk):
+            return True
+    return False
+
+
 def mark_stale(path):
     """An AnkiConnect client changed the collection: the next sync (or start) compares it all.
 

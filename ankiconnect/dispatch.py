@@ -40,9 +40,14 @@ class Context:
             raise ActionError("collection is not available")
         return self.worker.collection()
 
-    def sync_soon(self):
-        """Queue one sync for what an action changed; the change is in either way."""
-        duplicates.mark_stale(self.worker.db)  # that sync compares the duplicate index
+    def sync_soon(self, index=True):
+        """Queue one sync for what an action changed; the change is in either way.
+
+        index False: the change cannot touch the duplicate index (tags only, or notes
+        of other types than the one it holds), so that sync need not compare it all.
+        """
+        if index:
+            duplicates.mark_stale(self.worker.db)  # that sync compares the duplicate index
         try:
             self.queue_sync()
         except Exception:  # the note is in; the next sync will carry it anyway

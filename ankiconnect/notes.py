@@ -15,6 +15,7 @@ from anki.notes import Note, NoteFieldsCheckResult
 from anki.utils import checksum
 
 import config
+import duplicates
 import jobs
 from ankiconnect import deletions
 from ankiconnect.decks import deck as _deck
@@ -266,8 +267,10 @@ def _can_add(col, request):
 def addNote(context, note):
     media = fetch_media(context.settings, note)
     with context.worker.lock:
-        note_id = _add(context, context.collection(), note, media)
-    context.sync_soon()
+        col = context.collection()
+        note_id = _add(context, col, note, media)
+        indexed = duplicates.holds(col, [note_id])
+    context.sync_soon(index=indexed)
     return note_id
 
 
@@ -312,8 +315,9 @@ def addNotes(context, notes):
                 jobs.mark_deleted(path, [job["id"] for job in jobs.added(path)
                                          if note_guid(job["id"]) in guids])
             raise
+        indexed = duplicates.holds(col, ids)
     if ids:
-        context.sync_soon()
+        context.sync_soon(index=indexed)
     return ids
 
 
@@ -349,7 +353,8 @@ def updateNoteFields(context, note):
                 anki_note[name] = str(value)
         attach_media(col, anki_note, media)
         col.update_note(anki_note)
-    context.sync_soon()
+        indexed = duplicates.holds(col, [anki_note.id])
+    context.sync_soon(index=indexed)
 
 
 @action
@@ -370,7 +375,7 @@ def updateNoteTags(context, note, tags):
         anki_note = _get_note(col, note)
         anki_note.tags = tags
         col.update_note(anki_note)
-    context.sync_soon()
+    context.sync_soon(index=False)  # the duplicate index holds no tags
 
 
 @collection_action
@@ -391,7 +396,7 @@ def addTags(context, notes, tags, add=True):
             col.tags.bulk_add(notes, tags)
         else:
             col.tags.bulk_remove(notes, tags)
-    context.sync_soon()
+    context.sync_soon(index=False)  # the duplicate index holds no tags
 
 
 @action
@@ -457,7 +462,7 @@ def replaceTags(context, notes, tag_to_replace, replace_with_tag):
     with context.worker.lock:
         changed = _replace_tag(context.collection(), notes, old, new)
     if changed:
-        context.sync_soon()
+        context.sync_soon(index=False)
 
 
 @action
@@ -468,7 +473,7 @@ def replaceTagsInAllNotes(context, tag_to_replace, replace_with_tag):
         col = context.collection()
         changed = _replace_tag(col, col.db.list("select id from notes"), old, new)
     if changed:
-        context.sync_soon()
+        context.sync_soon(index=False)
 
 
 @action
@@ -476,4 +481,4 @@ def clearUnusedTags(context):
     with context.worker.lock:
         changes = context.collection().tags.clear_unused_tags()
     if changes.count:
-        context.sync_soon()
+        context.sync_soon(index=False)

@@ -117,6 +117,47 @@ def test_a_note_deleted_through_ankiconnect_leaves_the_lookup(make_service, acco
     assert service.job(listed[0]["taskId"])["status"] == "success"
 
 
+def test_ankiconnect_changes_the_index_cannot_hold_leave_it_uncompared(make_service, account):
+    # Yomitan, asbplayer, mpvacious and Obsidian add and edit notes of their own types,
+    # and tag them: the index holds neither. The sync each queues must not compare the
+    # whole index with the collection (it reads every Custom Cloze note, holding the
+    # collection: 0.2-0.4 s at 30,000, bench/README.md)
+    service = start_with_ankiconnect(make_service)
+    service.sync_login(account)
+    ankiconnect = Client(service.ac_port)
+    kept = made(service, card(1, word="anchor"))
+    compared = service.logs().count("duplicate index:")
+    # first, while no sync runs: a sync compares all when the Custom Cloze notes moved
+    # while it ran (it cannot tell who moved them), and a tag moves its note's mod
+    ankiconnect("addTags", notes=[kept["result"]["noteId"]], tags="mined")
+    basic = ankiconnect("addNotes", notes=[{"deckName": "Default", "modelName": "Basic",
+                                            "fields": {"Front": f"looked up {n}", "Back": "x"}}
+                                           for n in range(2)])
+    ankiconnect("addNote", note={"deckName": "Default", "modelName": "Basic",
+                                 "fields": {"Front": "one more", "Back": "x"}})
+    ankiconnect("updateNoteFields", note={"id": basic[0], "fields": {"Back": "sentence"}})
+    ankiconnect("updateNoteTags", note=basic[1], tags=["kept"])
+    # the syncs the changes queued, or this one after them: any of them compares a stale
+    # index before this call returns (it waits for the collection and the sync lock)
+    assert ankiconnect("sync")["synced"] is True
+    assert service.logs().count("duplicate index:") == compared, service.logs()
+    assert [n["noteId"] for n in found(service, "anchor")] == [kept["result"]["noteId"]]
+    # a Custom Cloze note among the added, or its fields edited, still makes the next
+    # sync compare it all, and the lookup follows
+    ids = ankiconnect("addNotes", notes=[
+        {"deckName": "Default", "modelName": "Basic", "fields": {"Front": "b", "Back": "x"}},
+        {"deckName": "Default", "modelName": notes.NOTETYPE_NAME,
+         "fields": {"Word": "Laconic", "Text": "A {{c1::laconic}} reply."}}])
+    ankiconnect("sync")
+    assert service.logs().count("duplicate index:") == compared + 1, service.logs()
+    assert [n["noteId"] for n in found(service, "laconic")] == [ids[1]]
+    ankiconnect("updateNoteFields", note={"id": ids[1], "fields": {"Word": "Terse"}})
+    ankiconnect("sync")
+    assert service.logs().count("duplicate index:") == compared + 2, service.logs()
+    assert found(service, "laconic") == []
+    assert [n["noteId"] for n in found(service, "terse")] == [ids[1]]
+
+
 def test_refuse_answers_409_with_the_note_and_makes_no_job(service):
     job = made(service, card(1, word="Gleeful"))
     before = task_count(service)
