@@ -122,6 +122,11 @@ def describe(provider, settings, keys):
     """The voice in use, for the start-up log (no secret)."""
     if provider is None:
         return "none (cards without audio)"
+    at_once = tts_limit.ceiling(provider, settings)
+    return f"{_describe(provider, settings, keys)}, up to {at_once} requests at once"
+
+
+def _describe(provider, settings, keys):
     voice = voice_for(provider, settings)
     pace = f", rate {voice.rate:g}" if voice.rate != 1.0 else ""
     if provider == "google":

@@ -58,8 +58,16 @@ def ceiling(provider, settings):
     if settings.tts_in_flight:
         return settings.tts_in_flight
     if provider == "espeak":
-        return os.cpu_count() or 1
+        return cores()
     return CEILINGS.get(provider, 1)
+
+
+def cores():
+    """The cores this process may run on (`taskset` counts: a Pi-sized run on one core)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def patience(settings):
@@ -160,24 +168,25 @@ class Speakers:
                 self._limits[provider] = Limit(provider, ceiling(provider, self.settings))
             return self._limits[provider]
 
-    def _threads(self, size):
-        with self._lock:
+    def _submit(self, size, fn, *args):
+        """fn(*args) in a pool of at least size threads (threads start only when needed)."""
+        with self._lock:  # no submit to a pool being replaced
             if size > self._size:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)  # its queued work still runs
                 self._pool = ThreadPoolExecutor(size, thread_name_prefix="tts")
                 self._size = size
-            return self._pool
+            return self._pool.submit(fn, *args)
 
     def submit(self, fn, /, *args, **kwargs):
         """Run fn in a thread of the pool, unlimited by any provider."""
-        return self._threads(RECORDINGS).submit(fn, *args, **kwargs)
+        return self._submit(RECORDINGS, fn, *args, **kwargs)
 
     def speak(self, provider, fn, /, *args, **kwargs):
         """Run fn (a call to provider) within provider's limit; a 429 slows down, see above."""
         limit = self.limit(provider)
         call = functools.partial(fn, *args, **kwargs)
-        return self._threads(max(RECORDINGS, limit.ceiling)).submit(self._limited, limit, call)
+        return self._submit(max(RECORDINGS, limit.ceiling), self._limited, limit, call)
 
     def _limited(self, limit, call):
         waited, attempt = 0.0, 0

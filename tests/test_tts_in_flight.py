@@ -2,13 +2,17 @@
 (tts_limit.py): through the real service, its Huey consumer and the local fakes of
 Google, OpenAI-compatible servers and Azure, which count what they have in flight."""
 
+import os
 import re
 
 import pytest
 
 import config
 import errors
+import tts
 import tts_limit
+import tts_rest
+from conftest import GOOGLE_KEY
 from fake_speech import FakeAzure, FakeOpenAI
 from helpers import card, run_sh_stops, wait_for_log, wait_until
 from service import Service
@@ -58,6 +62,7 @@ def test_a_burst_speaks_all_its_clips_at_once(make_service, fake_tts):
     fake_tts.release()
     settle(service, ids)
     assert fake_tts.max_in_flight == 40 and fake_tts.rate_limited == 0
+    assert "up to 64 requests at once" in service.logs()  # said at start
 
 
 def test_the_setting_caps_the_requests_in_flight(make_service, fake_tts):
@@ -71,6 +76,7 @@ def test_the_setting_caps_the_requests_in_flight(make_service, fake_tts):
     settle(service, ids)
     assert fake_tts.max_in_flight == 3 and fake_tts.rate_limited == 0
     assert len(fake_tts.requests) == 22  # each clip asked once: nothing was refused
+    assert "up to 3 requests at once" in service.logs()
 
 
 @pytest.mark.parametrize("retry_after", [None, 0.5])
@@ -169,12 +175,11 @@ def settings(tmp_path, **values):
     return config.load({"ANKISYNC_DATA_DIR": str(tmp_path), **values})
 
 
-def test_each_provider_has_its_ceiling_and_the_setting_overrides_them(tmp_path, monkeypatch):
+def test_each_provider_has_its_ceiling_and_the_setting_overrides_them(tmp_path):
     auto = settings(tmp_path)
     assert auto.tts_in_flight is None
     assert [tts_limit.ceiling(p, auto) for p in ("google", "openai", "azure")] == [64, 4, 8]
-    monkeypatch.setattr(tts_limit.os, "cpu_count", lambda: 3)
-    assert tts_limit.ceiling("espeak", auto) == 3
+    assert tts_limit.ceiling("espeak", auto) == len(os.sched_getaffinity(0))
     fixed = settings(tmp_path, ANKISYNC_TTS_IN_FLIGHT="12")
     assert {tts_limit.ceiling(p, fixed) for p in ("google", "openai", "azure", "espeak")} == {12}
 
@@ -215,3 +220,26 @@ def test_the_growing_pause_is_short_and_bounded():
 def test_a_429_is_unavailable_for_the_job_when_it_stands():
     error = tts_limit.RateLimited("busy", retry_after=1)
     assert isinstance(error, errors.TTSUnavailable) and error.kind == "TTSUnavailable"
+
+
+def test_each_provider_429_is_read_as_a_rate_limit_with_its_wish(fake_tts, tmp_path):
+    """What tts_limit acts on: Google's RetryInfo, OpenAI's and Azure's Retry-After."""
+    fake_tts.fail_next(1, 429, retry_after=2.5)
+    fake_tts.fail_next(1, 429)
+    for wish in (2.5, None):
+        with pytest.raises(tts_limit.RateLimited, match="rate-limiting") as raised:
+            tts.synthesize("Hello.", voice="en-US-Wavenet-D", api_key=GOOGLE_KEY,
+                           endpoint=fake_tts.url, timeout=5)
+        assert raised.value.retry_after == wish
+    for fake in (FakeOpenAI(), FakeAzure()):
+        with fake:
+            fake.fail_next(1, 429, retry_after=7)
+            with pytest.raises(tts_limit.RateLimited, match="wait 7 s") as raised:
+                if isinstance(fake, FakeOpenAI):
+                    tts_rest.openai_speech("Hello.", base_url=fake.url, api_key=None,
+                                           model="tts-1", voice="alloy", speed=1.0, timeout=5)
+                else:
+                    tts_rest.azure_speech("Hello.", region=None, endpoint=fake.url,
+                                          api_key=AZURE_KEY, voice="en-US-JennyNeural",
+                                          rate=1.0, timeout=5)
+            assert raised.value.retry_after == 7
