@@ -168,15 +168,15 @@ class Speakers:
                 self._limits[provider] = Limit(provider, ceiling(provider, self.settings))
             return self._limits[provider]
 
-    def _submit(self, size, fn, *args):
-        """fn(*args) in a pool of at least size threads (threads start only when needed)."""
+    def _submit(self, size, fn, *args, **kwargs):
+        """fn(...) in a pool of at least size threads (threads start only when needed)."""
         with self._lock:  # no submit to a pool being replaced
             if size > self._size:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)  # its queued work still runs
                 self._pool = ThreadPoolExecutor(size, thread_name_prefix="tts")
                 self._size = size
-            return self._pool.submit(fn, *args)
+            return self._pool.submit(fn, *args, **kwargs)
 
     def submit(self, fn, /, *args, **kwargs):
         """Run fn in a thread of the pool, unlimited by any provider."""
