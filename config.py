@@ -148,6 +148,15 @@ def _between(low, high):
     return parse
 
 
+def _in_flight(value):
+    """auto (None: the provider's own default, tts_limit.CEILINGS) or a count, 1 to 256."""
+    if value.lower() == "auto":
+        return None
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 256:
+        raise ValueError("expected auto or a whole number from 1 to 256")
+    return int(value)
+
+
 def _optional_seconds(value):
     return _seconds(value) if value else None
 
@@ -233,6 +242,9 @@ SETTINGS = [
     ("ANKISYNC_AZURE_TTS_RATE", "1.0", _between(0.5, 2.0), "Azure speaking rate, 0.5 to 2.0"),
     ("ANKISYNC_AZURE_TTS_TIMEOUT", "", _optional_seconds,
      "seconds one Azure request may take (empty: as for Google)"),
+    ("ANKISYNC_TTS_IN_FLIGHT", "auto", _in_flight,
+     "text-to-speech requests at once, at most (auto: the provider's own: google 64,"
+     " openai 4, azure 8, espeak one per core); a 429 lowers it for a while"),
     ("ANKISYNC_ESPEAK_VOICE", "en-us", str, "espeak-ng voice (espeak-ng --voices)"),
     ("ANKISYNC_ESPEAK_TIMEOUT", "", _optional_seconds,
      "seconds espeak-ng may take for one clip (empty: as for Google)"),

@@ -24,6 +24,7 @@ import config
 import credentials
 import errors
 import files
+import tts_limit
 import tts_rest
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,11 @@ def describe(provider, settings, keys):
     """The voice in use, for the start-up log (no secret)."""
     if provider is None:
         return "none (cards without audio)"
+    at_once = tts_limit.ceiling(provider, settings)
+    return f"{_describe(provider, settings, keys)}, up to {at_once} requests at once"
+
+
+def _describe(provider, settings, keys):
     voice = voice_for(provider, settings)
     pace = f", rate {voice.rate:g}" if voice.rate != 1.0 else ""
     if provider == "google":
@@ -402,8 +408,16 @@ def _make_client(api_key, endpoint):
              "API key" if api_key else "default credentials")
     # REST everywhere: the path tests exercise is the path production takes, and it
     # spares a Pi gRPC's channel threads.
-    return texttospeech.TextToSpeechClient(
+    client = texttospeech.TextToSpeechClient(
         credentials=credentials, client_options=options, transport="rest")
+    # requests keeps 10 connections; the clips in flight (tts_limit) may be many more,
+    # and each connection past 10 would be closed after its answer (a TLS handshake per
+    # clip again, and a warning). A cap, not connections made in advance.
+    import requests.adapters
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=tts_limit.MOST_IN_FLIGHT)
+    for scheme in ("https://", "http://"):
+        client.transport._session.mount(scheme, adapter)
+    return client
 
 
 def _is_loopback(endpoint):
@@ -435,6 +449,10 @@ def _translate(e, *, voice, api_key, endpoint):
                         % (voice, VOICES_URL))
             return errors.TTSRefused(
                 "Google refused the text-to-speech request (%s): %s" % (detail, hint))
+        if e.code == 429:  # RESOURCE_EXHAUSTED: the quota; tts_limit slows down
+            return tts_limit.RateLimited(
+                "Google text-to-speech is rate-limiting (%s); %s" % (detail, retried),
+                retry_after=_google_retry_after(e))
         return errors.TTSUnavailable(
             "Google text-to-speech is unavailable (%s); %s" % (detail, retried))
     if isinstance(e, google_errors.GoogleAPIError):  # RetryError and the like
@@ -462,6 +480,15 @@ def _translate(e, *, voice, api_key, endpoint):
             "ANKISYNC_GOOGLE_API_KEY, or point GOOGLE_APPLICATION_CREDENTIALS at a "
             "service account key file" % _redact(str(e), api_key))
     return None
+
+
+def _google_retry_after(e):
+    """Seconds a 429 of Google's asks to wait: its Retry-After header, else the RetryInfo
+    detail of its error body ("retryDelay": "30s"), else None."""
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    delays = [detail.get("retryDelay") for detail in e.details or ()
+              if isinstance(detail, dict) and detail.get("@type", "").endswith(".RetryInfo")]
+    return tts_limit.retry_after(headers.get("Retry-After") or (delays or [None])[0])
 
 
 def _google_message(e):

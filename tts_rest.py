@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import config
 import errors
+import tts_limit
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +206,10 @@ def _refusal(service, error):
     retried = "the job will be retried"
     if code == 429:
         wait = error.headers.get("Retry-After")
-        return errors.TTSUnavailable(
+        return tts_limit.RateLimited(  # tts_limit slows down and asks again
             f"{service.name} is rate-limiting ({said})" + (f"; it asks to wait {wait} s"
-                                                           if wait else "") + f"; {retried}")
+                                                           if wait else "") + f"; {retried}",
+            retry_after=tts_limit.retry_after(wait))
     if code >= 500 or code == 408:
         return errors.TTSUnavailable(f"{service.name} is unavailable ({said}); {retried}")
     if code in (401, 403):

@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from huey.exceptions import TaskTimeout
 
@@ -24,12 +23,11 @@ import duplicates
 import jobs
 import notes
 import tts
+import tts_limit
 import word_audio
 from errors import AnkisyncError, BadNote, SyncAuthError, WorkerTrouble
 
 log = logging.getLogger(__name__)
-
-TTS_IN_FLIGHT = 8  # text-to-speech requests at once: fast, yet gentle on the quota
 
 
 def _call_timeout(settings):
@@ -112,7 +110,7 @@ class Worker:
                 self._collection = None
 
     def speak_all(self, cards):
-        """Clips for many cards at once, a few requests in flight: {job id: clips or error}.
+        """Clips for many cards at once, in flight as tts_limit allows: {job id: clips or error}.
 
         A card's clips are {"word": name, "text": name}, or None when no voice is
         set up. The same text is requested once, however many cards hold it. A card
@@ -140,7 +138,8 @@ class Worker:
                        clients=self._tts_clients)
         media = config.media_dir(settings)
         if self._speakers is None:
-            self._speakers = ThreadPoolExecutor(TTS_IN_FLIGHT, thread_name_prefix="tts")
+            # requests in flight per provider, slowed down by 429s (tts_limit.py)
+            self._speakers = tts_limit.Speakers(settings)
         # A card's own recording of its word replaces the spoken word; the sentence is spoken.
         recordings = {url: self._speakers.submit(
             word_audio.ensure, url, media, hosts=settings.audio_url_hosts,
@@ -149,8 +148,8 @@ class Worker:
         wanted = {(text, spoken[job_id]) for job_id, card in cards.items() if job_id in spoken
                   for text in (card["englishExample"],) + (
                       () if card.get("wordAudioUrl") else (card["word"],))}
-        futures = {(text, voice): self._speakers.submit(tts.ensure_clip, media, text,
-                                                        voice, **options)
+        futures = {(text, voice): self._speakers.speak(voice.provider, tts.ensure_clip, media,
+                                                       text, voice, **options)
                    for text, voice in wanted}
         clips = {}
         for job_id, card in cards.items():

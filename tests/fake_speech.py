@@ -7,8 +7,10 @@ with model, input, voice, response_format and speed in their ranges, OpenAI's
 `POST /cognitiveservices/v1`: the subscription key header, an SSML body that must be
 well-formed XML in the synthesis namespace naming a known voice, the output format
 and User-Agent headers, Azure's 401/415/400 answers. Both record each request, can
-fail the next ones with any status (429 with Retry-After), and can hold their answers
-until released (a hang, for timeouts) without being slow.
+fail the next ones with any status (429 with Retry-After), answer 429 at once to each
+request that comes while more than K are in flight (busy_over), count the requests in
+flight (in_flight, max_in_flight), and can hold their answers until released (a hang,
+for timeouts) without being slow.
 """
 
 import io
@@ -18,9 +20,9 @@ import time
 import urllib.parse
 import wave
 import xml.etree.ElementTree as ET
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from fake_tts import SILENT_MP3
+from fake_tts import SILENT_MP3, Server
 
 
 def _silent_wav():
@@ -54,10 +56,13 @@ class FakeSpeech:
         self.redirect_to = None  # the Location of a 3xx answer asked for with fail_next
         self._lock = threading.Lock()
         self._failures = []  # (status, retry_after) of the next requests
+        self.in_flight = 0  # requests arrived and not yet being answered
+        self.max_in_flight = 0
+        self.rate_limited = 0  # 429s answered
+        self._busy_over = None  # (K, retry_after): 429 at once while more than K in flight
         self._gate = None
         self._held = threading.Semaphore(0)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), _make_handler(self))
         self._server.handle_error = lambda request, address: None  # clients that gave up
         self._thread = None
 
@@ -70,6 +75,12 @@ class FakeSpeech:
         with self._lock:
             self._failures.extend([(status, retry_after)] * n)
 
+    def busy_over(self, k, retry_after=None):
+        """Answer 429 at once (never held) to each request that comes while more than k
+        are in flight, itself included; None: never."""
+        with self._lock:
+            self._busy_over = None if k is None else (k, retry_after)
+
     def hold(self):
         """Hold every answer from now on until release(): a server that hangs."""
         with self._lock:
@@ -80,9 +91,13 @@ class FakeSpeech:
         if not self._held.acquire(timeout=timeout):
             raise TimeoutError("no request reached the held fake")
 
-    def release(self):
+    def release(self, hold_again=False):
+        """Answer the held requests; with hold_again, hold the later ones in their turn."""
         with self._lock:
             gate, self._gate = self._gate, None
+            if hold_again:
+                self._held = threading.Semaphore(0)
+                self._gate = threading.Event()
         if gate is not None:
             gate.set()
 
@@ -91,6 +106,8 @@ class FakeSpeech:
             self.requests.clear()
             self._failures.clear()
             self.answer_as = "mp3"
+            self.max_in_flight = self.rate_limited = 0
+            self._busy_over = None
         self.release()
 
     def start(self):
@@ -116,6 +133,9 @@ class FakeSpeech:
         with self._lock:
             self.requests.append(seen)
             failure = self._failures.pop(0) if self._failures else None
+            busy = self._busy_over and self.in_flight > self._busy_over[0]
+            if busy:
+                failure = (429, self._busy_over[1])
         status, extra, body = self.check(seen)
         if status == 200 and failure:
             status, retry_after = failure
@@ -129,7 +149,7 @@ class FakeSpeech:
         seen["status"] = status
         with self._lock:
             gate, held = self._gate, self._held
-        if gate is not None:
+        if gate is not None and not (busy and status == 429):
             held.release()
             gate.wait(120)  # bounded: a forgotten release() cannot hang a test run
         return status, extra, body
@@ -261,7 +281,18 @@ def _make_handler(fake):
             raw = self.rfile.read(length) if length else b""
             headers = {name.lower(): value for name, value in self.headers.items()}
             path = urllib.parse.urlsplit(self.path).path
-            status, extra, body = fake._handle(self.command, path, headers, raw)
+            with fake._lock:
+                fake.in_flight += 1
+                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            status = None
+            try:
+                status, extra, body = fake._handle(self.command, path, headers, raw)
+            finally:
+                # Counted out before the answer is sent: the client, once answered, may
+                # send its next request before this thread runs again.
+                with fake._lock:
+                    fake.in_flight -= 1
+                    fake.rate_limited += status == 429
             self.send_response(status)
             for name, value in extra.items():
                 self.send_header(name, value)

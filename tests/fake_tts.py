@@ -5,8 +5,10 @@ It answers `POST /v1/text:synthesize` the way Google does, so the real
 http://127.0.0.1:PORT) can be pointed at it. Tests can make it fail or be slow at
 any moment, answer 200 with a broken body ("bad_json", "bad_base64", "html"), or
 hold every answer until released (hold(), wait_held(), release()), which keeps
-the worker in a known state without making anything slow. Run it alone for
-benchmarks:
+the worker in a known state without making anything slow. It counts the requests
+in flight (in_flight, max_in_flight) and can answer 429 RESOURCE_EXHAUSTED, as
+Google does past its quota, to the next N (fail_next) or to every request that
+comes while more than K are in flight (busy_over). Run it alone for benchmarks:
 
     python tests/fake_tts.py --port 8099 --delay 0.2
 """
@@ -39,9 +41,10 @@ STATUS_NAMES = {
 }
 
 
-class _Server(ThreadingHTTPServer):
-    # Google takes any number of connections at once; the standard 5 of a listen
-    # backlog made a burst's 40th connection wait a second for its SYN to be resent.
+class Server(ThreadingHTTPServer):
+    """A threading HTTP server whose listen queue takes a burst: with socketserver's 5,
+    a sixth client at once waits a second for its SYN to be sent again."""
+    daemon_threads = True
     request_queue_size = 256
 
 
@@ -55,11 +58,14 @@ class FakeTTS:
         self.audio = SILENT_MP3
         self.requests = []  # {"body": dict, "key": str | None, "path": str}
         self._lock = threading.Lock()
-        self._failures = []  # statuses (or broken-answer modes) of the next requests, in order
+        self._failures = []  # (status or broken-answer mode, retry_after) of the next requests
+        self.in_flight = 0  # requests arrived and not yet being answered
+        self.max_in_flight = 0
+        self.rate_limited = 0  # 429s answered
+        self._busy_over = None  # (K, retry_after): 429 at once while more than K in flight
         self._gate = None  # while holding: the Event that releases the requests held
         self._held = threading.Semaphore(0)  # one release per request that reached the hold
-        self._server = _Server(("127.0.0.1", port), _make_handler(self))
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", port), _make_handler(self))
         # A client that gave up (timeout) closes its socket before a slow answer.
         self._server.handle_error = lambda request, address: None
         self._thread = None
@@ -69,16 +75,23 @@ class FakeTTS:
         """The base URL to give the client as api_endpoint."""
         return "http://127.0.0.1:%d" % self._server.server_address[1]
 
-    def fail_next(self, n, status):
+    def fail_next(self, n, status, retry_after=None):
         """Make the next n requests fail with status, then succeed again.
 
         status is an HTTP status, or one of BROKEN: a 200 whose body is not
         JSON ("bad_json"), whose audio is not base64 ("bad_base64"), or a
-        proxy's HTML page ("html").
+        proxy's HTML page ("html"). retry_after (seconds): a 429's RetryInfo
+        detail, as Google gives it ("retryDelay": "1.5s").
         """
         assert status in BROKEN or isinstance(status, int), status
         with self._lock:
-            self._failures.extend([status] * n)
+            self._failures.extend([(status, retry_after)] * n)
+
+    def busy_over(self, k, retry_after=None):
+        """Answer 429 at once (never held) to each request that comes while more than k
+        are in flight, itself included; None: never."""
+        with self._lock:
+            self._busy_over = None if k is None else (k, retry_after)
 
     def hold(self):
         """Hold every answer from now on until release(); requests still arrive."""
@@ -91,17 +104,21 @@ class FakeTTS:
         if not self._held.acquire(timeout=timeout):
             raise TimeoutError("no request reached the held fake TTS")
 
-    def release(self):
-        """Answer the held requests; later ones are answered at once until the next hold()."""
+    def release(self, hold_again=False):
+        """Answer the held requests; later ones are answered at once until the next hold(),
+        or, with hold_again, held in their turn (counted afresh by wait_held)."""
         with self._lock:
             gate, self._gate = self._gate, None
+            if hold_again:
+                self._held = threading.Semaphore(0)
+                self._gate = threading.Event()
         if gate is not None:
             gate.set()
 
-    def _wait_if_held(self):
+    def _wait_if_held(self, status):
         with self._lock:
             gate, held = self._gate, self._held
-        if gate is not None:
+        if gate is not None and not (status == 429 and self._busy_over):
             held.release()
             gate.wait(120)  # bounded: a forgotten release() cannot hang a test run
 
@@ -111,6 +128,8 @@ class FakeTTS:
             self.status, self.delay = 200, 0.0
             self.requests.clear()
             self._failures.clear()
+            self.max_in_flight = self.rate_limited = 0
+            self._busy_over = None
         self.release()
 
     def start(self):
@@ -131,11 +150,25 @@ class FakeTTS:
     def __exit__(self, *exc_info):
         self.stop()
 
+    def _arrive(self):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self, status):
+        # Counted out before the answer is sent: the client, once answered, may send
+        # its next request before this thread runs again.
+        with self._lock:
+            self.in_flight -= 1
+            self.rate_limited += status == 429
+
     def _answer(self, key, body, path):
         """Record one request and decide (status, payload) for it."""
         with self._lock:
             self.requests.append({"body": body, "key": key, "path": path})
-            failure = self._failures.pop(0) if self._failures else None
+            failure, retry_after = self._failures.pop(0) if self._failures else (None, None)
+            if self._busy_over and self.in_flight > self._busy_over[0]:
+                failure, retry_after = 429, self._busy_over[1]
         if path != "/v1/text:synthesize":
             return 404, _error(404, "Method not found.")
         if self.valid_keys is not None and key not in self.valid_keys:
@@ -146,6 +179,10 @@ class FakeTTS:
         status = failure or self.status
         if status in BROKEN:
             return 200, status
+        if status == 429:  # Google's words past the quota, and how long to wait if given
+            return 429, _error(429, "Quota exceeded for quota metric 'Requests' and limit"
+                               " 'Requests per minute' of service 'texttospeech.googleapis.com'",
+                               reason="RATE_LIMIT_EXCEEDED", retry_after=retry_after)
         if status != 200:
             return status, _error(status, "fake failure %d" % status)
         if not isinstance(body, dict) or not body.get("input", {}).get("text"):
@@ -160,11 +197,14 @@ BROKEN = {  # 200 answers whose body no client can use, as a faulty proxy or ser
 }
 
 
-def _error(code, message, reason=None):
+def _error(code, message, reason=None, retry_after=None):
     error = {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}
     if reason:
         error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                              "reason": reason, "domain": "googleapis.com"}]
+    if retry_after is not None:
+        error.setdefault("details", []).append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after}s"})
     return {"error": error}
 
 
@@ -184,10 +224,15 @@ def _make_handler(fake):
                 body = None
             key = (urllib.parse.parse_qs(url.query).get("key", [None])[0]
                    or self.headers.get("x-goog-api-key"))
-            status, payload = fake._answer(key, body, url.path)
-            fake._wait_if_held()
-            if fake.delay:
-                time.sleep(fake.delay)
+            fake._arrive()
+            status = None
+            try:
+                status, payload = fake._answer(key, body, url.path)
+                fake._wait_if_held(status)
+                if fake.delay:
+                    time.sleep(fake.delay)
+            finally:
+                fake._leave(status)
             broken = isinstance(payload, str)  # a BROKEN mode's name
             data = BROKEN[payload] if broken else json.dumps(payload).encode()
             self.send_response(status)

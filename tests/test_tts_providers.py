@@ -1,6 +1,6 @@
 """The speech providers: OpenAI-compatible servers and Azure Speech against local fakes of
 their real HTTP APIs, Google's rate and pitch, the clip cache key; then each provider end
-to end (a card through REST to a fresh collection), refusals, rate limits, setup's check,
+to end (a card through REST to a fresh collection), refusals, setup's check,
 and a job keeping its voice when the provider changes."""
 
 import json
@@ -453,16 +453,6 @@ def test_a_refused_key_fails_the_job_for_good_naming_the_setting(
     assert setting in job["error"]["message"]
     assert OPENAI_KEY not in job["error"]["message"] and AZURE_KEY not in job["error"]["message"]
     assert fake.requests and fake.spoken() == []
-
-
-@pytest.mark.parametrize("provider", ["openai", "azure"])
-def test_rate_limited_then_retried_until_it_passes(make_service, openai, azure, provider):
-    fake = openai if provider == "openai" else azure
-    fake.fail_next(2, 429, retry_after=1)
-    service = make_service(**provider_settings(provider, openai, azure))
-    job, seen = service.wait(service.post_card()[1]["taskId"])
-    assert job["status"] == "success" and "retrying" in seen and job["attempts"] >= 2, job
-    assert "rate-limiting" in service.logs() and len(fake.spoken()) == 2
 
 
 def test_a_hung_server_is_timed_out_and_retried(make_service, openai, azure):
