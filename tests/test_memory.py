@@ -1,0 +1,56 @@
+"""Memory (issue 17): which processes run, and that the savings keep every behaviour.
+
+The worker role is two processes: Huey's consumer, which reads the schedule
+in its own main loop (consumer.py), and the process worker it forks. Read
+from outside the running processes (/proc), never from what the code says.
+"""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from helpers import card
+from service import wait_until
+
+
+def worker_role(service):
+    """(consumer pid, [its children's pids]) of the service's `ankisync.py worker` processes."""
+    found = {}
+    for pid in service.group_alive():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"worker" in command:
+            found[pid] = parent
+    consumers = [pid for pid, parent in found.items() if parent not in found]
+    assert len(consumers) == 1, found
+    return consumers[0], sorted(pid for pid, parent in found.items() if parent == consumers[0])
+
+
+def test_the_worker_is_two_processes_and_scheduled_retries_still_run(service, fake_tts):
+    fake_tts.fail_next(1, 503)  # the job's retry waits in Huey's schedule, not its queue
+    job, seen = service.wait(service.post_card()[1]["taskId"])
+    assert job["status"] == "success" and "retrying" in seen, (job, seen)
+    consumer, children = worker_role(service)
+    assert len(children) == 1, f"the consumer {consumer} forked {children}: a scheduler too?"
+
+
+@pytest.mark.slow
+def test_a_worker_forked_again_after_a_death_still_gets_its_retries(service, fake_tts):
+    """The consumer restarts a killed worker; that worker opens its own connection to the
+    queue (the consumer's own, with which it reads the schedule, stays its own)."""
+    job, _ = service.wait(service.post_card(card(1))[1]["taskId"])
+    assert job["status"] == "success", job
+    consumer, (child,) = worker_role(service)
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: worker_role(service)[1] not in ([], [child]), "a new process worker", 30)
+    for n in (2, 3):
+        fake_tts.fail_next(1, 503)
+        job, seen = service.wait(service.post_card(card(n))[1]["taskId"])
+        assert job["status"] == "success" and "retrying" in seen, (job, seen)
+    assert worker_role(service)[0] == consumer
+    assert "Worker 1 died, restarting" in service.logs()
