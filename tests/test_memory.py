@@ -5,14 +5,18 @@ in its own main loop (consumer.py), and the process worker it forks. Read
 from outside the running processes (/proc), never from what the code says.
 """
 
+import json
 import os
 import signal
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from helpers import card
-from service import wait_until
+from service import CARD, wait_until
 
 
 def worker_role(service):
@@ -56,12 +60,17 @@ def test_a_worker_forked_again_after_a_death_still_gets_its_retries(service, fak
     assert "Worker 1 died, restarting" in service.logs()
 
 
+def rollup_mib(pid, field):
+    """One field of /proc/PID/smaps_rollup (Rss, Anonymous...), in MiB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} line for {pid}")
+
+
 def anonymous_mib(pid):
     """The process's anonymous memory (heap, Python's and Rust's objects), in MiB."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Anonymous:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no Anonymous line for {pid}")
+    return rollup_mib(pid, "Anonymous")
 
 
 def test_anki_errors_cost_the_worker_no_backtrace(make_service):
@@ -74,3 +83,35 @@ def test_anki_errors_cost_the_worker_no_backtrace(make_service):
     assert job["status"] == "success", job
     _, (child,) = worker_role(service)
     assert anonymous_mib(child) < 70, f"the worker holds {anonymous_mib(child):.0f} MiB"
+
+
+def test_the_web_process_stays_small_as_the_job_table_grows(service):
+    """/health counts jobs by reading the whole job table, and each of the web process's 16
+    threads has its own SQLite connection: with SQLite's default page cache each kept up to
+    2 MB of the table (+3 MiB of RSS per 200 cards, up to 32 MiB)."""
+    assert service.call("GET", "/api/v1/health")[0] == 200  # the tables exist
+    # what a busy month leaves: 20,000 finished cards (made here, not posted: time)
+    now, request = time.time(), json.dumps(CARD)
+    with sqlite3.connect(service.data_dir / "ankisync.db", timeout=10) as conn:
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)"
+            " INSERT INTO ankisync_jobs (id, status, request, created_at, completed_at, step,"
+            " attempts, result, added_at, synced_at) SELECT printf('seeded-%05d', i), 'success',"
+            " ?, ?, ?, 'done', 1, '{}', ?, ? FROM n", (request, now, now, now, now))
+    conn.close()
+    web = next(pid for pid in service.group_alive()
+               if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+    assert service.call("GET", "/api/v1/health")[0] == 200
+    before = rollup_mib(web, "Rss")
+    answers = []
+
+    def ask():  # many at once, so that most of waitress's threads read the table
+        answers.extend(service.call("GET", "/api/v1/health")[0] for _ in range(8))
+    clients = [threading.Thread(target=ask) for _ in range(16)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert answers == [200] * 128
+    grew = rollup_mib(web, "Rss") - before
+    assert grew < 12, f"the web process grew by {grew:.1f} MiB"
