@@ -129,7 +129,7 @@ def main():
             print_reading(label, read)
         worker = [row["pid"] for row in readings[-1][1]["processes"] if row["role"] == "worker"]
         if args.top and worker:
-            print(f"worker's largest mappings by PSS (MiB):")
+            print("worker's largest mappings by PSS (MiB):")
             for size, name in top_mappings(worker[0], args.top):
                 print(f"    {size:7.1f}  {name}")
         rig.stop(service)
