@@ -590,6 +590,11 @@ def main(argv, app):
     setup_logging(current.log_level)
     if current.google_application_credentials:  # Google's library reads it from here
         os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = current.google_application_credentials
+    # With RUST_BACKTRACE=1 in the environment, anki's backend captures and symbolizes
+    # a backtrace for every error it makes, even one it expects (a config key not yet
+    # set, at each collection open): ~50 MB of debug data kept in the worker, for a
+    # trace nobody reads. Its errors reach us as messages; a panic keeps its backtrace.
+    os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
     try:
         code = args.run(args) or 0
         sys.stdout.flush()  # now, not at exit: a reader that left (`| head`) is no error

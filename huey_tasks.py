@@ -28,6 +28,7 @@ from huey.storage import SqliteStorage
 
 import backup
 import config
+import consumer
 import db
 import duplicates
 import jobs
@@ -151,12 +152,13 @@ def run_consumer(settings):
     # and a single writer is what the Anki collection allows. SIGTERM lets the
     # running job finish (bounded); SIGINT stops at once. Either way a job left
     # unfinished is recovered at the next start.
-    consumer = huey.create_consumer(
-        workers=1, worker_type="process", periodic=False, initial_delay=0.05, backoff=1.15,
+    # Its main process reads the schedule itself (consumer.py): no scheduler process.
+    running = consumer.Consumer(
+        huey, workers=1, worker_type="process", initial_delay=0.05, backoff=1.15,
         max_delay=0.1, check_worker_health=True, health_check_interval=1,
         graceful_signal="TERM", shutdown_timeout=30)
     log.info("worker running (one process worker, task timeout %gs)", settings.task_timeout)
-    consumer.run()
+    running.run()
 
 
 def _db():

@@ -280,8 +280,8 @@ def test_the_web_process_never_loads_anki_google_or_grpc(service):
     workers = [pid for pid, (command, _) in running.items()
                if command[-2:] == ["ankisync.py", "worker"]]
     assert len(web) == 1 and workers, running
-    # the consumer's forked processes (its process worker, which made the card, and its
-    # scheduler): the check sees what they loaded
+    # the consumer's forked process (its process worker, which made the card): the check
+    # sees what it loaded
     forked = [pid for pid in workers if running[pid][1] in workers]
     assert forked, running
     in_worker = [path for pid in forked for path in heavy(loaded_libraries(pid))]
