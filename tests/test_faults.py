@@ -89,6 +89,10 @@ def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account
     power_off(service)
     fake_tts.release()
     service.start()
+    # warmed up: the sync it makes at start before any note is over (the one paused
+    # below is then the card's own)
+    wait_until(lambda: service.call("GET", "/api/v1/health")[2]["worker"]["ready"],
+               "the worker warmed up")
 
     # 2. the note is added, the sync hangs: the worker child alone is killed
     #    (as by the OOM killer); Huey starts a new one, which recovers the job
