@@ -39,10 +39,7 @@ def service_status(current):
         "status": "disk full" if full else "ok" if pid and not problems else "degraded",
         "version": __version__,
         "problems": problems,
-        # ready: warmed up (voice client built, collection open, first sync done), so
-        # the next card pays none of that
-        "worker": {"alive": bool(pid), "pid": pid,
-                   "ready": pid is not None and db.get_state(path, "worker_ready") == str(pid)},
+        "worker": {"alive": bool(pid), "pid": pid, "ready": worker_ready(path, pid)},
         "ankiconnect": connect,
         "disk": {"full": full, "freeBytes": db.free_bytes(current.data_dir),
                  "message": db.disk_full_message(current.data_dir) if full else None},
@@ -55,6 +52,20 @@ def service_status(current):
                           or stored.get("google_api_key")) or "none",
         "voice": voice_in_use(current, stored),
     }
+
+
+def worker_ready(path, pid):
+    """Whether the worker process of the consumer pid has warmed up (Worker.warm_up):
+    its voice's client built, the collection open, the first sync tried."""
+    consumer, _, child = (db.get_state(path, "worker_ready") or "").partition(":")
+    if pid is None or consumer != str(pid) or not child.isdigit():
+        return False
+    try:  # that process still runs (Huey replaces a worker that died), a child of pid
+        with open(f"/proc/{child}/stat") as stat:
+            state, parent = stat.read().rsplit(")", 1)[1].split()[:2]
+        return state not in "ZX" and parent == str(pid)  # not killed and not yet reaped
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
 
 
 def voice_in_use(current, stored):

@@ -306,8 +306,8 @@ class Worker:
         collection, the sync before the first notes. Run in a thread of its own; a card
         that comes meanwhile waits only for what is not done yet."""
         started = time.monotonic()
-        # health's worker.ready: the consumer's pid (worker.pid's) once this process is
-        # warm; unset while a process replacing a dead one warms up
+        # health's worker.ready: "consumer pid:this pid" once this process is warm
+        # (health checks that it still runs); unset while one replacing a dead one warms up
         db.set_state(self.db, worker_ready="")
         try:
             tts.prepare(self.settings, tts.keys(self.settings), self._tts_clients)
@@ -316,7 +316,7 @@ class Worker:
                 self.pull()
         except Exception:  # the first card tries each again, and says what fails
             log.warning("warming up failed", exc_info=True)
-        db.set_state(self.db, worker_ready=str(os.getppid()))
+        db.set_state(self.db, worker_ready=f"{os.getppid()}:{os.getpid()}")
         log.info("worker warmed up in %.2f s", time.monotonic() - started)
 
     def undouble(self, col):

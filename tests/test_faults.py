@@ -75,6 +75,13 @@ def power_off(service):
     wait_until(lambda: not service.group_alive(), "every process of the group gone", 10)
 
 
+def warmed_up(service):
+    """Wait for the worker's warm-up: the sync it makes at start before any note is then
+    over, and a sync paused next is a card's own."""
+    wait_until(lambda: service.call("GET", "/api/v1/health")[2]["worker"]["ready"],
+               "the worker warmed up")
+
+
 def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account, fake_tts,
                                               tmp_path):
     service = make_service(ANKISYNC_TASK_TIMEOUT=60)
@@ -89,10 +96,8 @@ def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account
     power_off(service)
     fake_tts.release()
     service.start()
-    # warmed up: the sync it makes at start before any note is over (the one paused
-    # below is then the card's own)
-    wait_until(lambda: service.call("GET", "/api/v1/health")[2]["worker"]["ready"],
-               "the worker warmed up")
+    warmed_up(service)
+    service.wait(task_ids[0], timeout=90)  # its sync is not the one paused next
 
     # 2. the note is added, the sync hangs: the worker child alone is killed
     #    (as by the OOM killer); Huey starts a new one, which recovers the job
@@ -105,6 +110,8 @@ def test_worker_killed_at_each_point_of_a_job(make_service, sync_server, account
         sync_server.resume()
 
     # 3. in the middle of a sync that hangs: the whole machine goes down
+    warmed_up(service)  # the worker Huey started in place of the one killed
+    service.wait(task_ids[1], timeout=90)
     sync_server.pause()
     try:
         task_ids.append(service.post_card(card(3))[1]["taskId"])
