@@ -98,7 +98,9 @@ def test_inserted_reviews_reach_the_server(make_service, account, sync_server, t
     assert ac("sync")["synced"] is True
     review_id = int(time.time() * 1000)
     ac("insertReviews", reviews=[[review_id, card, -1, 3, 4, -60, 2500, 6157, 0]])
-    assert ac("sync")["outcome"] == "normal"
+    # the review goes up with this sync, or with the one insertReviews queued if the
+    # nudged worker started that first: this one waits for it
+    assert ac("sync")["outcome"] in ("normal", "no_changes")
 
     col = download_collection(tmp_path / "fresh", sync_server.url, account, "pass")
     try:
