@@ -123,6 +123,10 @@ def serve(args, app):
     if "api_key_sha256" not in stored_credentials():
         log.warning("no API key yet: make one with `./run.sh api-key`")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A stop while waitress builds its server (the worker failed at once, say) waits
+    # until it is built: raised inside waitress's constructors, it left half-made
+    # objects whose finalizers printed tracebacks on the way out.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         server = waitress.create_server(
             app, host=host, port=port, threads=16, ident="ankisync",
@@ -143,6 +147,7 @@ def serve(args, app):
                           " running? Stop it, or set ANKISYNC_LISTEN to another port") from None
     server.channel_class = _json_error_channel()
     log.info("API listening on http://%s:%s", host, port)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     server.run()
 
 
