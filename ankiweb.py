@@ -160,7 +160,8 @@ def _start_media_sync(col: Collection, auth: SyncAuth, limit: float = 1.0) -> No
         return
     col.sync_media(auth)
     started = _threads() - before  # empty when a media sync was still running
-    media_db = str(Path(col.path).with_suffix(".media.db2"))
+    # as /proc shows it: the real path, through any symlink in the data dir's
+    media_db = os.path.realpath(Path(col.path).with_suffix(".media.db2"))
     deadline = time.monotonic() + limit
     while started & _threads() and not _holds_open(media_db):
         if time.monotonic() > deadline:  # stuck somewhere: go on, as before

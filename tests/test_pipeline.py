@@ -28,21 +28,29 @@ def succeeds(service, task_id):
     return job
 
 
-def test_the_media_sync_starts_while_the_collection_sync_runs(make_service, proxy, account):
+@pytest.mark.parametrize("linked", [False, True], ids=["data-dir", "symlinked-data-dir"])
+def test_the_media_sync_starts_while_the_collection_sync_runs(make_service, proxy, account,
+                                                               tmp_path, linked):
+    if linked:  # /proc names the files by their real path
+        (tmp_path / "real").mkdir(mode=0o700)
+        (tmp_path / "svc").symlink_to(tmp_path / "real")
     service = make_service(ANKISYNC_SYNC_ENDPOINT=proxy.url)
     service.sync_login(account)
     succeeds(service, service.post_card(card(1))[1]["taskId"])
 
-    # The collection sync's last request waits for the media sync's first. Anki's
-    # media thread needs the collection's lock a moment before its first request:
-    # started without waiting for that, it sat behind the whole collection sync.
+    # The collection sync's last request waits for the media sync's first, which waits
+    # for the collection sync's start. Anki's media thread needs the collection's lock
+    # a moment before its first request: started without waiting for that, it sat
+    # behind the whole collection sync.
     forget_seen(proxy)
-    proxy.answers = {"/sync/finish": iter(["after /msync/begin"])}
+    proxy.answers = {"/msync/begin": iter(["after /sync/start"]),
+                     "/sync/finish": iter(["after /msync/begin"])}
     job = succeeds(service, service.post_card(card(2))[1]["taskId"])
     seen = list(proxy.seen)
     assert seen.index("/msync/begin") < seen.index("/sync/finish"), seen
     assert "/msync/uploadChanges" in seen  # the clips went, in this sync
     assert set(job["result"]["audio"].values())
+    assert "the media sync had not started" not in service.logs()
 
 
 def health_worker(service):
