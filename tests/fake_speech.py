@@ -22,7 +22,7 @@ import wave
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler
 
-from fake_tts import SILENT_MP3, Server
+from fake_tts import SILENT_MP3, Answers, Server
 
 
 def _silent_wav():
@@ -42,10 +42,11 @@ AZURE_FORMATS = {"audio-24khz-48kbitrate-mono-mp3", "audio-16khz-32kbitrate-mono
                  "audio-24khz-96kbitrate-mono-mp3", "riff-24khz-16bit-mono-pcm"}
 
 
-class FakeSpeech:
+class FakeSpeech(Answers):
     """What both fakes share: the server thread, the record, failures and holds."""
 
     def __init__(self, *, valid_keys=None, voices=None):
+        super().__init__()
         self.valid_keys = valid_keys  # None: no key checked
         self.voices = voices  # None: any voice
         self.requests = []  # {"method", "path", "headers" (lower-case names), "body", ...}
@@ -54,14 +55,7 @@ class FakeSpeech:
         # end or length), "trickle" (a byte every 0.2 s: each read succeeds, none ends)
         self.answer_as = "mp3"
         self.redirect_to = None  # the Location of a 3xx answer asked for with fail_next
-        self._lock = threading.Lock()
         self._failures = []  # (status, retry_after) of the next requests
-        self.in_flight = 0  # requests arrived and not yet being answered
-        self.max_in_flight = 0
-        self.rate_limited = 0  # 429s answered
-        self._busy_over = None  # (K, retry_after): 429 at once while more than K in flight
-        self._gate = None
-        self._held = threading.Semaphore(0)
         self._server = Server(("127.0.0.1", 0), _make_handler(self))
         self._server.handle_error = lambda request, address: None  # clients that gave up
         self._thread = None
@@ -75,39 +69,12 @@ class FakeSpeech:
         with self._lock:
             self._failures.extend([(status, retry_after)] * n)
 
-    def busy_over(self, k, retry_after=None):
-        """Answer 429 at once (never held) to each request that comes while more than k
-        are in flight, itself included; None: never."""
-        with self._lock:
-            self._busy_over = None if k is None else (k, retry_after)
-
-    def hold(self):
-        """Hold every answer from now on until release(): a server that hangs."""
-        with self._lock:
-            self._held = threading.Semaphore(0)
-            self._gate = threading.Event()
-
-    def wait_held(self, timeout=30):
-        if not self._held.acquire(timeout=timeout):
-            raise TimeoutError("no request reached the held fake")
-
-    def release(self, hold_again=False):
-        """Answer the held requests; with hold_again, hold the later ones in their turn."""
-        with self._lock:
-            gate, self._gate = self._gate, None
-            if hold_again:
-                self._held = threading.Semaphore(0)
-                self._gate = threading.Event()
-        if gate is not None:
-            gate.set()
-
     def reset(self):
         with self._lock:
             self.requests.clear()
             self._failures.clear()
             self.answer_as = "mp3"
-            self.max_in_flight = self.rate_limited = 0
-            self._busy_over = None
+            self._forget_counts()
         self.release()
 
     def start(self):
@@ -133,9 +100,8 @@ class FakeSpeech:
         with self._lock:
             self.requests.append(seen)
             failure = self._failures.pop(0) if self._failures else None
-            busy = self._busy_over and self.in_flight > self._busy_over[0]
-            if busy:
-                failure = (429, self._busy_over[1])
+            busy = self._busy()
+            failure = busy or failure
         status, extra, body = self.check(seen)
         if status == 200 and failure:
             status, retry_after = failure
@@ -147,11 +113,7 @@ class FakeSpeech:
         elif status == 200:
             extra, body = self._audio()
         seen["status"] = status
-        with self._lock:
-            gate, held = self._gate, self._held
-        if gate is not None and not (busy and status == 429):
-            held.release()
-            gate.wait(120)  # bounded: a forgotten release() cannot hang a test run
+        self._wait_if_held(busy is not None and status == 429)
         return status, extra, body
 
     def _audio(self):
@@ -281,18 +243,12 @@ def _make_handler(fake):
             raw = self.rfile.read(length) if length else b""
             headers = {name.lower(): value for name, value in self.headers.items()}
             path = urllib.parse.urlsplit(self.path).path
-            with fake._lock:
-                fake.in_flight += 1
-                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            fake._arrive()
             status = None
             try:
                 status, extra, body = fake._handle(self.command, path, headers, raw)
             finally:
-                # Counted out before the answer is sent: the client, once answered, may
-                # send its next request before this thread runs again.
-                with fake._lock:
-                    fake.in_flight -= 1
-                    fake.rate_limited += status == 429
+                fake._leave(status)
             self.send_response(status)
             for name, value in extra.items():
                 self.send_header(name, value)

@@ -48,23 +48,92 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256
 
 
-class FakeTTS:
-    """A Google TTS endpoint on 127.0.0.1 served from a daemon thread."""
+class Answers:
+    """What every fake speech server does with its requests' answers, besides the
+    answers themselves: hold them until released (a server that hangs), count those in
+    flight, and answer 429 while too many are (a server that says it is busy)."""
 
-    def __init__(self, port=0, *, delay=0.0, status=200, valid_keys=None):
-        self.status = status
-        self.delay = delay
-        self.valid_keys = valid_keys
-        self.audio = SILENT_MP3
-        self.requests = []  # {"body": dict, "key": str | None, "path": str}
+    def __init__(self):
         self._lock = threading.Lock()
-        self._failures = []  # (status or broken-answer mode, retry_after) of the next requests
         self.in_flight = 0  # requests arrived and not yet being answered
         self.max_in_flight = 0
         self.rate_limited = 0  # 429s answered
         self._busy_over = None  # (K, retry_after): 429 at once while more than K in flight
         self._gate = None  # while holding: the Event that releases the requests held
         self._held = threading.Semaphore(0)  # one release per request that reached the hold
+
+    def busy_over(self, k, retry_after=None):
+        """Answer 429 at once (never held) to each request that comes while more than k
+        are in flight, itself included; None: never."""
+        with self._lock:
+            self._busy_over = None if k is None else (k, retry_after)
+
+    def hold(self):
+        """Hold every answer from now on until release(); requests still arrive."""
+        with self._lock:
+            self._held = threading.Semaphore(0)
+            self._gate = threading.Event()
+
+    def wait_held(self, timeout=30):
+        """Wait until a request is being held (one call per held request)."""
+        if not self._held.acquire(timeout=timeout):
+            raise TimeoutError("no request reached the held fake")
+
+    def release(self, hold_again=False):
+        """Answer the held requests; later ones are answered at once until the next hold(),
+        or, with hold_again, held in their turn (counted afresh by wait_held)."""
+        with self._lock:
+            gate, self._gate = self._gate, None
+            if hold_again:
+                self._held = threading.Semaphore(0)
+                self._gate = threading.Event()
+        if gate is not None:
+            gate.set()
+
+    def _forget_counts(self):
+        """For reset(), with the lock held."""
+        self.max_in_flight = self.rate_limited = 0
+        self._busy_over = None
+
+    def _arrive(self):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _busy(self):
+        """(429, retry_after) when more are in flight than busy_over allows, else None;
+        with the lock held."""
+        if self._busy_over and self.in_flight > self._busy_over[0]:
+            return 429, self._busy_over[1]
+        return None
+
+    def _wait_if_held(self, busy):
+        """Hold this answer while holding; never a busy 429, which is answered at once."""
+        with self._lock:
+            gate, held = self._gate, self._held
+        if gate is not None and not busy:
+            held.release()
+            gate.wait(120)  # bounded: a forgotten release() cannot hang a test run
+
+    def _leave(self, status):
+        # Counted out before the answer is sent: the client, once answered, may send
+        # its next request before this thread runs again.
+        with self._lock:
+            self.in_flight -= 1
+            self.rate_limited += status == 429
+
+
+class FakeTTS(Answers):
+    """A Google TTS endpoint on 127.0.0.1 served from a daemon thread."""
+
+    def __init__(self, port=0, *, delay=0.0, status=200, valid_keys=None):
+        super().__init__()
+        self.status = status
+        self.delay = delay
+        self.valid_keys = valid_keys
+        self.audio = SILENT_MP3
+        self.requests = []  # {"body": dict, "key": str | None, "path": str}
+        self._failures = []  # (status or broken-answer mode, retry_after) of the next requests
         self._server = Server(("127.0.0.1", port), _make_handler(self))
         # A client that gave up (timeout) closes its socket before a slow answer.
         self._server.handle_error = lambda request, address: None
@@ -87,49 +156,13 @@ class FakeTTS:
         with self._lock:
             self._failures.extend([(status, retry_after)] * n)
 
-    def busy_over(self, k, retry_after=None):
-        """Answer 429 at once (never held) to each request that comes while more than k
-        are in flight, itself included; None: never."""
-        with self._lock:
-            self._busy_over = None if k is None else (k, retry_after)
-
-    def hold(self):
-        """Hold every answer from now on until release(); requests still arrive."""
-        with self._lock:
-            self._held = threading.Semaphore(0)
-            self._gate = threading.Event()
-
-    def wait_held(self, timeout=30):
-        """Wait until a request is being held (one call per held request)."""
-        if not self._held.acquire(timeout=timeout):
-            raise TimeoutError("no request reached the held fake TTS")
-
-    def release(self, hold_again=False):
-        """Answer the held requests; later ones are answered at once until the next hold(),
-        or, with hold_again, held in their turn (counted afresh by wait_held)."""
-        with self._lock:
-            gate, self._gate = self._gate, None
-            if hold_again:
-                self._held = threading.Semaphore(0)
-                self._gate = threading.Event()
-        if gate is not None:
-            gate.set()
-
-    def _wait_if_held(self, status):
-        with self._lock:
-            gate, held = self._gate, self._held
-        if gate is not None and not (status == 429 and self._busy_over):
-            held.release()
-            gate.wait(120)  # bounded: a forgotten release() cannot hang a test run
-
     def reset(self):
         """Answer normally again, forgetting requests seen and failures asked for."""
         with self._lock:
             self.status, self.delay = 200, 0.0
             self.requests.clear()
             self._failures.clear()
-            self.max_in_flight = self.rate_limited = 0
-            self._busy_over = None
+            self._forget_counts()
         self.release()
 
     def start(self):
@@ -150,25 +183,12 @@ class FakeTTS:
     def __exit__(self, *exc_info):
         self.stop()
 
-    def _arrive(self):
-        with self._lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-
-    def _leave(self, status):
-        # Counted out before the answer is sent: the client, once answered, may send
-        # its next request before this thread runs again.
-        with self._lock:
-            self.in_flight -= 1
-            self.rate_limited += status == 429
-
     def _answer(self, key, body, path):
         """Record one request and decide (status, payload) for it."""
         with self._lock:
             self.requests.append({"body": body, "key": key, "path": path})
             failure, retry_after = self._failures.pop(0) if self._failures else (None, None)
-            if self._busy_over and self.in_flight > self._busy_over[0]:
-                failure, retry_after = 429, self._busy_over[1]
+            failure, retry_after = self._busy() or (failure, retry_after)
         if path != "/v1/text:synthesize":
             return 404, _error(404, "Method not found.")
         if self.valid_keys is not None and key not in self.valid_keys:
@@ -228,7 +248,7 @@ def _make_handler(fake):
             status = None
             try:
                 status, payload = fake._answer(key, body, url.path)
-                fake._wait_if_held(status)
+                fake._wait_if_held(status == 429 and fake._busy_over is not None)
                 if fake.delay:
                     time.sleep(fake.delay)
             finally:
