@@ -12,7 +12,6 @@ Prints the ratio first / warm. The rig is burst.py's: TTS --tts-delay (0.2 s)
 per clip, the sync server --rtt (0.1 s) away.
 """
 
-import statistics
 import time
 
 import burst
@@ -36,20 +35,6 @@ def wait_ready(service, timeout=120):
     raise RuntimeError(f"the worker was not ready after {timeout} s: {service.logs()}")
 
 
-def one_card(service):
-    """Seconds of one POST ?async=false answered ok and synced."""
-    client = common.Client(service)
-    try:
-        began = time.monotonic()
-        status, body = client.post_card(query="?async=false")
-        took = time.monotonic() - began
-    finally:
-        client.close()
-    if status != 200 or not body.get("synced"):
-        raise RuntimeError(f"?async=false answered {status}: {body}")
-    return took
-
-
 def run_once(rig, args):
     service = rig.service()
     try:
@@ -59,8 +44,8 @@ def run_once(rig, args):
         service.start(timeout=120)
         wait_ready(service)
         ready = time.monotonic() - began
-        first = one_card(service)
-        warm = statistics.median(one_card(service) for _ in range(args.async_cards))
+        first = burst.async_false(service, 1)["seconds"]
+        warm = burst.async_false(service, args.async_cards)["seconds"]  # their median
     finally:
         rig.stop(service)
     return {"start-to-ready": {"seconds": ready},
