@@ -170,6 +170,28 @@ def _start_media_sync(col: Collection, auth: SyncAuth, limit: float = 1.0) -> No
         time.sleep(0.0002)
 
 
+def _settle_media_sync(col: Collection, timeout: float) -> None:
+    """Let the media sync that ran beside a collection sync now ending in a full sync (or
+    a move to another server) end by itself; its error is dropped, as the media sync
+    started after the full sync reports its own.
+
+    Not aborted: against a server that lacks files, an aborted run may have sent its new
+    files, and so moved its mark to the server's, without the count check that ends a
+    run; the next run then had nothing to do, and files were missing on the server while
+    the jobs said synced. Ending by itself, the run fails that check, and Anki sends
+    every file again. Past the timeout it is aborted, and every file's state is sent
+    again to be sure.
+    """
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(Interrupted, SyncError, NetworkError):
+        while col.media_sync_status().active:
+            if time.monotonic() > deadline:
+                _abort_media_sync(col)
+                col.media.force_resync()
+                return
+            time.sleep(0.01)
+
+
 def _wait_for_media(col: Collection, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pause = 0.01
@@ -222,7 +244,7 @@ def sync(col: Collection, hkey: str, endpoint: str | None,
         restart_media = bool(new_endpoint) or out.required in (
             SyncOutput.FULL_UPLOAD, SyncOutput.FULL_DOWNLOAD, SyncOutput.FULL_SYNC)
         if restart_media:
-            _abort_media_sync(col)
+            _settle_media_sync(col, media_timeout)
         if new_endpoint:
             log.info("the sync server moved this account to %s", new_endpoint)
             auth.endpoint = new_endpoint
