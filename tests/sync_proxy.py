@@ -13,7 +13,8 @@ class SyncProxy:
     "pass", "fail", "hold", "pause" or "after PATH" for its next requests; a failed
     one gets a 500, a held one waits for release() (holding is set meanwhile), then
     fails; a paused one is held the same way, then passed on; one "after PATH" is
-    passed on once a request for PATH has come (seen holds it), or after 20 s.
+    passed on once a request for PATH has come (seen holds it), or after
+    after_timeout (20) s.
     seen: the paths of the requests, in the order they came.
     """
 
@@ -22,6 +23,7 @@ class SyncProxy:
         self.answers = {}
         self.seen = []
         self.arrived = threading.Condition()
+        self.after_timeout = 20  # seconds an "after PATH" request waits at most
         self.holding, self.released = threading.Event(), threading.Event()
         proxy = self
 
@@ -36,7 +38,8 @@ class SyncProxy:
                 answer = next(proxy.answers.get(self.path, iter(())), "pass")
                 if answer.startswith("after "):
                     with proxy.arrived:
-                        proxy.arrived.wait_for(lambda: answer[6:] in proxy.seen, timeout=20)
+                        proxy.arrived.wait_for(lambda: answer[6:] in proxy.seen,
+                                              timeout=proxy.after_timeout)
                     answer = "pass"
                 if answer in ("hold", "pause"):
                     proxy.holding.set()

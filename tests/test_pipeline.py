@@ -136,3 +136,36 @@ def test_cards_waiting_are_spoken_while_the_batch_before_them_syncs(
         col.close()
     cancelled = cards[task_ids.index(waiting[-1])]["word"]
     assert words == {one["word"] for one in cards if one["word"] != cancelled} | {"word0"}
+
+
+def test_a_full_upload_to_a_new_server_waits_for_the_media_sync_beside_it(
+        make_service, sync_server, account, tmp_path):
+    # Against a new, empty server the media sync beside the collection sync sends the
+    # new clips, and so takes the server's mark. Aborted then, before its count check,
+    # for the full upload, the media sync after it found nothing to do: the older
+    # card's clips never reached the new server, and the jobs said synced.
+    from anki_server import SyncServer, media_files
+
+    service = make_service()
+    service.sync_login(account)
+    first = succeeds(service, service.post_card(card(1))[1]["taskId"])
+    with SyncServer(tmp_path / "new-server", users={"mover": "pass"}) as new, \
+            SyncProxy(new.url) as proxy:
+        assert service.stop() == 0
+        service.env["ANKISYNC_SYNC_ENDPOINT"] = proxy.url
+        service.start()
+        second = service.wait(service.post_card(card(2))[1]["taskId"])[0]
+        assert second["status"] == "failure", second  # the login is for the old server
+        # the collection sync learns it must upload only once the media sync is at its
+        # count check, which waits for that upload (3 s at most: then it goes on)
+        proxy.after_timeout = 3
+        proxy.answers = {"/sync/meta": iter(["after /msync/mediaSanity"]),
+                         "/msync/mediaSanity": iter(["after /sync/upload"])}
+        service.sync_login("mover")
+        jobs = [service.wait(job["taskId"], until=("success",))[0] for job in (first, second)]
+        col = download_collection(tmp_path / "device", new.url, "mover", "pass")
+        try:
+            clips = {clip for job in jobs for clip in job["result"]["audio"].values()}
+            assert media_files(col) == clips
+        finally:
+            col.close()
